@@ -1,0 +1,1 @@
+"""One module per CLI command (imported lazily by :mod:`xcam.cli`)."""
