@@ -52,8 +52,11 @@ class XCamModel(nn.Module):
 
     @property
     def valid_indices(self) -> list[int]:
-        """Indices of outputs with a real label."""
-        return [i for i, label in enumerate(self.labels) if label]
+        """Indices of outputs with a real label (and, with op_norm, a real threshold)."""
+        if self.op_threshs is None:
+            return [i for i, label in enumerate(self.labels) if label]
+        nan = torch.isnan(self.op_threshs).tolist()
+        return [i for i, label in enumerate(self.labels) if label and not nan[i]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -72,6 +75,11 @@ class XCamModel(nn.Module):
     def target_layer(self) -> nn.Module:
         """The module whose activations CAM methods use (``target_layer_path``)."""
         return self.get_submodule(self.target_layer_path)
+
+    def checkpoint_object(self) -> object:
+        """What a weight file of this model holds in its published format (tests write random
+        weights this way under the real file names)."""
+        return self.state_dict()
 
     def gap_linear_head(self) -> tuple[nn.Module, nn.Linear] | None:
         """For GAP → linear heads: ``(features, linear)`` where ``features(x)`` is the last feature

@@ -88,6 +88,13 @@ class ClassifierRegistration:
 
         if name is None:
             name = self.default_variant or self.variants[0].name
+        if name.endswith((".pt", ".pth", ".ckpt")) or "/" in name:
+            from pathlib import Path
+
+            path = Path(name).expanduser().resolve()
+            if not path.is_file():
+                raise PluginError(f"{name}: weights file not found")
+            return WeightVariant(name=str(path), filename=str(path), description="local checkpoint")
         for v in self.variants:
             if v.name == name:
                 return v

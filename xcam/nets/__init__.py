@@ -1,0 +1,1 @@
+"""PyTorch networks behind the classifier plugins (imported only when a model is built)."""
