@@ -73,10 +73,14 @@ def _is_dicom(path: Path, head: bytes) -> bool:
 
 
 def _header_size(path: Path, data: bytes) -> tuple[int, int]:
-    """Image size from the header only (no pixel decoding), via Pillow."""
+    """Image size from the header only (no pixel decoding): PNG's IHDR, else Pillow."""
     import io
+    import struct
 
     from PIL import Image
+
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
 
     Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, with a clear message
     try:

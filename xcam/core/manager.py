@@ -134,7 +134,7 @@ class XcamPluginManager(pluggy.PluginManager):
         found: dict[str, Any] = {}
         owner: dict[str, str] = {}
         hook = getattr(self.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order: built-ins first, so they win
             plugin_name = self.get_name(impl.plugin) or "?"
             info = self.infos.get(plugin_name)
             try:

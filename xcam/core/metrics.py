@@ -8,8 +8,10 @@ Conventions
 * ``|A|`` is an area, ``A ∩ B`` the overlap rectangle.
 * Degenerate inputs never give NaN: an empty prediction (no box, zero area, empty mask) has zero
   overlap, a ratio whose denominator is 0 is 0.
-* Per-image functions are pure Python / NumPy. IoU *matrices* (for matching several scored
-  boxes) use :func:`torchvision.ops.box_iou`, imported only when called.
+* Per-image functions are pure Python / NumPy. IoU *matrices* (matching scored boxes against
+  several ground-truth boxes) use :func:`torchvision.ops.box_iou`, imported only when called; the
+  common single-ground-truth case uses :func:`box_iou` (same numbers, tested) so that ``xcam bbox``
+  does not pay seconds of ``import torch`` for one column.
 
 Per image: :func:`box_iou`, :func:`box_dice`, :func:`iobb`, :func:`pixel_accuracy`,
 :func:`precision_recall`, :func:`colloc`, :func:`average_precision`, :func:`coco_ap`,
@@ -175,7 +177,11 @@ def match_boxes(
     if scores is None:
         scores = [_score(b) for b in preds]
     order = sorted(range(len(preds)), key=lambda i: -float(scores[i]))  # stable for ties
-    m = iou_matrix([preds[i] for i in order], gts)
+    ranked = [preds[i] for i in order]
+    if len(gts) == 1:  # one column: the scalar formula gives the same numbers without importing torch
+        m = np.array([[box_iou(p, gts[0])] for p in ranked], dtype=np.float64).reshape(len(ranked), 1)
+    else:
+        m = iou_matrix(ranked, gts)
     taken = np.zeros(len(gts), dtype=bool)
     flags: list[bool] = []
     for row in m:

@@ -1,0 +1,74 @@
+"""Shared fixtures: an offline, isolated weights cache and the real test images.
+
+The whole session runs with ``$XCAM_HOME``, ``$XRV_CACHE_DIR`` in a temporary folder and
+``$XCAM_OFFLINE=1``, so no test touches the user's files or the network.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="xcam-tests-"))
+os.environ["XCAM_HOME"] = str(_SESSION_HOME / "xcam_home")
+os.environ["XRV_CACHE_DIR"] = str(_SESSION_HOME / "models_data")
+os.environ["XCAM_OFFLINE"] = "1"
+os.environ.pop("XCAM_WEIGHTS_DIR", None)
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def shared_data_dir() -> Path | None:
+    """``../shared/data`` beside the repository, or ``$XCAM_TEST_DATA``; ``None`` when absent."""
+    env = os.environ.get("XCAM_TEST_DATA")
+    candidate = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    folder = shared_data_dir()
+    if folder is None:
+        pytest.skip("real X-ray images not available (../shared/data or $XCAM_TEST_DATA)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def nih_images(shared_data: Path) -> list[Path]:
+    return sorted((shared_data / "nih" / "images").glob("*.png"))
+
+
+@pytest.fixture(scope="session")
+def weights_cache() -> Path:
+    """The session's (initially empty) torchxrayvision cache folder."""
+    folder = Path(os.environ["XRV_CACHE_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pm():
+    from xcam.core.config import XcamConfig
+    from xcam.core.manager import get_plugin_manager
+
+    return get_plugin_manager(XcamConfig())
+
+
+@pytest.fixture(scope="session")
+def random_weights(pm, weights_cache: Path):
+    """``random_weights(classifier, variant=None)`` saves random weights under the real file name
+    (once per session) and returns the path."""
+    from xcam.testing import write_random_weights
+
+    written: dict[tuple[str, str], Path] = {}
+
+    def make(classifier: str, variant: str | None = None) -> Path:
+        registration = pm.classifier(classifier)
+        key = (classifier, registration.variant(variant).name)
+        if key not in written:
+            written[key] = write_random_weights(registration, weights_cache, variant)
+        return written[key]
+
+    return make

@@ -1,0 +1,1 @@
+"""xcam-tinycnn: an example third-party classifier plugin for xcam."""

@@ -1,0 +1,264 @@
+"""Mask extractors, bbox strategies, rendering helpers and ``xcam bbox``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import xcam.plugins.bbox_strategies as bbox_strategies
+import xcam.plugins.mask_extractors as mask_extractors
+from xcam.core import render
+from xcam.core.errors import ImageLoadError, UsageError
+from xcam.core.manager import XcamPluginManager
+from xcam.core.types import ScoredBox
+
+
+@pytest.fixture
+def pm() -> XcamPluginManager:
+    manager = XcamPluginManager()
+    manager.load_object(mask_extractors, name="mask_extractors")
+    manager.load_object(bbox_strategies, name="bbox_strategies")
+    return manager
+
+
+def hot_spot_cam(shape=(60, 80), rows=slice(10, 20), cols=slice(30, 50), hot=0.9, cold=0.1) -> np.ndarray:
+    cam = np.full(shape, cold, dtype=np.float32)
+    cam[rows, cols] = hot
+    return cam
+
+
+# -- mask extractors -------------------------------------------------------------------------
+def test_registrations(pm: XcamPluginManager) -> None:
+    assert set(pm.mask_extractors()) == {"threshold", "otsu", "percentile", "legacy-red"}
+    assert set(pm.bbox_strategies()) == {"tight", "largest", "components"}
+
+
+@pytest.mark.parametrize("name", ["threshold", "otsu", "percentile", "legacy-red"])
+def test_extractors_find_the_hot_spot(pm: XcamPluginManager, name: str) -> None:
+    cam = hot_spot_cam()
+    options = {"percent": 200 / cam.size * 100} if name == "percentile" else {}
+    mask = pm.mask_extractor(name).extract(cam, **options)
+    assert mask.dtype == bool and mask.shape == cam.shape
+    expected = np.zeros(cam.shape, bool)
+    expected[10:20, 30:50] = True
+    assert np.array_equal(mask, expected)
+
+
+@pytest.mark.parametrize("name", ["threshold", "otsu", "percentile", "legacy-red"])
+@pytest.mark.parametrize("cam", [np.zeros((8, 9)), np.full((8, 9), 0.7), np.full((8, 9), np.nan), np.zeros((0, 0))])
+def test_extractors_constant_or_empty_cam_gives_empty_mask(pm: XcamPluginManager, name: str, cam: np.ndarray) -> None:
+    mask = pm.mask_extractor(name).extract(cam)
+    assert mask.shape == cam.shape and mask.dtype == bool and not mask.any()
+
+
+def test_threshold_normalizes_first() -> None:
+    cam = np.array([[0.2, 0.3], [0.4, 0.6]])  # normalized: 0, 0.25, 0.5, 1
+    assert mask_extractors.threshold_mask(cam).tolist() == [[False, False], [True, True]]
+    assert mask_extractors.threshold_mask(cam, threshold=0.9).sum() == 1
+
+
+def test_percentile_top_area_on_gradient() -> None:
+    cam = np.linspace(0, 1, 1000).reshape(20, 50)
+    mask = mask_extractors.percentile_mask(cam, percent=10)
+    assert mask.sum() == 100 and mask[-2:, :].all()  # the last 100 values
+    sparse = np.zeros((10, 10))
+    sparse[0, 0] = 1.0
+    assert mask_extractors.percentile_mask(sparse, percent=10).sum() == 1  # flat floor is not selected
+
+
+def test_otsu_on_two_levels_with_noise() -> None:
+    rng = np.random.default_rng(1)
+    cam = hot_spot_cam(hot=0.8, cold=0.2) + rng.normal(0, 0.02, (60, 80)).astype(np.float32)
+    mask = mask_extractors.otsu_mask(np.clip(cam, 0, 1))
+    # skimage puts the threshold at the low end of the gap between the classes: a few noise pixels join
+    assert mask[10:20, 30:50].all() and 200 <= mask.sum() <= 205
+    from skimage.filters import threshold_otsu
+
+    smooth = cv2.GaussianBlur(hot_spot_cam(), (0, 0), 3)
+    assert np.array_equal(mask_extractors.otsu_mask(smooth), smooth > threshold_otsu(smooth))
+
+
+def test_legacy_red_matches_rendered_red_channel() -> None:
+    rng = np.random.default_rng(2)
+    cam = rng.random((40, 50)).astype(np.float32)
+    heatmap = cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)  # the old pipeline's _P1
+    expected = heatmap[:, :, 2] > 127  # the old _P2 > 127 rule
+    assert np.array_equal(mask_extractors.legacy_red_mask(cam), expected)
+    assert np.array_equal(render.red_channel(render.heatmap_bgr(cam)) > 127, expected)
+
+
+# -- bbox strategies ---------------------------------------------------------------------------
+def two_blobs() -> np.ndarray:
+    mask = np.zeros((50, 60), bool)  # 3000 px: 1 % = 30 px
+    mask[5:15, 5:25] = True  # 10 x 20 = 200 px
+    mask[30:34, 40:44] = True  # 4 x 4 = 16 px
+    return mask
+
+
+def test_tight_box(pm: XcamPluginManager) -> None:
+    (box,) = pm.bbox_strategy("tight").boxes(two_blobs())
+    assert (box.x, box.y, box.width, box.height) == (5, 5, 39, 29)
+    assert box.score == pytest.approx(216 / 3000)
+
+
+def test_largest_box(pm: XcamPluginManager) -> None:
+    (box,) = pm.bbox_strategy("largest").boxes(two_blobs())
+    assert (box.x, box.y, box.width, box.height) == (5, 5, 20, 10)
+    assert box.score == pytest.approx(200 / 3000)
+    cam = np.where(two_blobs(), 0.5, 0.0)
+    cam[5, 5] = 1.0
+    (box,) = bbox_strategies.largest_box(two_blobs(), cam=cam, score="max")
+    assert box.score == 1.0
+
+
+def test_components_min_area_scores_and_limit(pm: XcamPluginManager) -> None:
+    reg = pm.bbox_strategy("components")
+    boxes = reg.boxes(two_blobs())
+    assert [(b.x, b.y, b.width, b.height) for b in boxes] == [(5, 5, 20, 10)]  # 16 px < 1 %
+    cam = np.zeros((50, 60))
+    cam[5:15, 5:25] = 0.4
+    cam[30:34, 40:44] = 0.9
+    boxes = reg.boxes(two_blobs(), cam=cam, min_area=10)  # pixels
+    assert [(b.x, b.y) for b in boxes] == [(40, 30), (5, 5)]
+    assert [b.score for b in boxes] == pytest.approx([0.9, 0.4])
+    assert len(reg.boxes(two_blobs(), cam=cam, min_area=0.001, max_boxes=1)) == 1
+
+
+def test_connectivity() -> None:
+    mask = np.zeros((5, 5), bool)
+    mask[1, 1] = mask[2, 2] = True
+    assert len(bbox_strategies.component_boxes(mask, min_area=1)) == 1
+    assert len(bbox_strategies.component_boxes(mask, min_area=1, connectivity=4)) == 2
+
+
+@pytest.mark.parametrize("name", ["tight", "largest", "components"])
+def test_empty_mask_gives_no_box(pm: XcamPluginManager, name: str) -> None:
+    assert pm.bbox_strategy(name).boxes(np.zeros((10, 10), bool)) == []
+
+
+def test_cam_shape_must_match_mask() -> None:
+    with pytest.raises(UsageError):
+        bbox_strategies.largest_box(two_blobs(), cam=np.zeros((3, 3)))
+
+
+# -- rendering --------------------------------------------------------------------------------
+def test_render_helpers(tmp_path: Path) -> None:
+    cam = hot_spot_cam()
+    heat = render.heatmap_bgr(cam)
+    assert heat.shape == (60, 80, 3) and heat.dtype == np.uint8
+    gray = np.full((60, 80), 100, np.uint8)
+    over = render.overlay(gray, cam, alpha=0.4)
+    assert over.shape == (60, 80, 3)
+    assert np.allclose(over[0, 0], 0.6 * 100 + 0.4 * heat[0, 0].astype(float), atol=1)
+    with pytest.raises(UsageError):
+        render.overlay(np.zeros((10, 10)), cam)
+    assert set(np.unique(render.mask_png(cam > 0.5))) == {0, 255}
+    drawn = render.draw_boxes(gray, [(ScoredBox(10, 10, 20, 20), render.GREEN), ((0, 0, 5, 5), render.RED, "GT")])
+    assert tuple(drawn[10, 15]) == render.GREEN
+    out = render.write_png(tmp_path / "a" / "b" / "m.png", render.mask_png(cam > 0.5))
+    assert np.array_equal(render.read_mask(out), cam > 0.5)
+
+
+def test_read_mask_refuses_non_masks(tmp_path: Path) -> None:
+    ramp = render.write_png(tmp_path / "ramp.png", np.tile(np.arange(256, dtype=np.uint8), (4, 1)))
+    with pytest.raises(ImageLoadError, match="not a binary mask"):
+        render.read_mask(ramp)
+    with pytest.raises(ImageLoadError, match="file not found"):
+        render.read_mask(tmp_path / "missing.png")
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(ImageLoadError, match="not a readable image"):
+        render.read_mask(tmp_path / "junk.png")
+
+
+# -- xcam bbox ---------------------------------------------------------------------------------
+def run_cli(args: list[str], pm: XcamPluginManager, monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run ``xcam.cli.main`` as the console script does, with the test plugin manager."""
+    import xcam.commands._common as common
+    from xcam.cli import main
+
+    monkeypatch.setattr(common, "get_plugin_manager", lambda config=None: pm)
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def make_case(folder: Path, with_image: bool = True) -> Path:
+    mask = np.zeros((100, 120), bool)
+    mask[20:60, 30:90] = True  # x=30 y=20 w=60 h=40
+    mask[80:85, 5:10] = True
+    path = render.write_png(folder / "densenet121_Pleural_Thickening_P3.png", render.mask_png(mask))
+    if with_image:
+        render.write_png(folder / "_input_image_.png", np.full((100, 120), 90, np.uint8))
+    return path
+
+
+def test_parse_mask_name() -> None:
+    from xcam.commands.bbox import parse_mask_name
+
+    assert parse_mask_name("out/densenet121_Pleural_Thickening_P3.png") == (
+        "densenet121_Pleural_Thickening", "densenet121", "Pleural_Thickening")
+    assert parse_mask_name("resnet50_Pleural Thickening_P3.png")[2] == "Pleural Thickening"
+    assert parse_mask_name("Mass_consolidated.png") == ("Mass_consolidated", None, None)
+
+
+def test_bbox_command_writes_json_and_png(tmp_path: Path, pm, monkeypatch, capsys) -> None:
+    mask_path = make_case(tmp_path)
+    code, out, err = run_cli(
+        ["bbox", "--input-mask", str(mask_path), "--ground-truth", "Pleural_Thickening,30,20,60,80",
+         "--output-dir", str(tmp_path / "out")], pm, monkeypatch, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "densenet121_Pleural_Thickening_PBBox.json").read_text())
+    assert report["box"] == {"x": 30, "y": 20, "width": 60, "height": 40, "x2": 90, "y2": 60, "score": 2400 / 12000}
+    assert report["strategy"] == "largest" and report["model"] == "densenet121"
+    assert report["image_size"] == {"width": 120, "height": 100}
+    m = report["metrics"]
+    assert m["iou"] == pytest.approx(0.5) and m["iobb"] == pytest.approx(1.0)
+    assert m["dice"] == pytest.approx(2 / 3) and m["colloc@0.3"] == 1.0
+    assert m["precision@0.5"] == 1.0 and m["ap@.5"] == 1.0 and m["ap@.75"] == 0.0
+    assert m["pixel_accuracy"] == pytest.approx(1 - 2400 / 12000)
+    png = render.read_png(tmp_path / "out" / "densenet121_Pleural_Thickening_PBBox.png", color=True)
+    assert tuple(png[59, 50]) == render.GREEN and tuple(png[99, 50]) == render.RED
+    assert "IoU=0.500" in out
+
+
+def test_bbox_components_and_default_output_dir(tmp_path: Path, pm, monkeypatch, capsys) -> None:
+    mask_path = make_case(tmp_path, with_image=False)
+    code, _, err = run_cli(["bbox", "--input-mask", str(mask_path), "--strategy", "components", "--min-area", "10"],
+                           pm, monkeypatch, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "densenet121_Pleural_Thickening_PBBox.json").read_text())
+    assert len(report["boxes"]) == 2 and "metrics" not in report
+    assert (tmp_path / "densenet121_Pleural_Thickening_PBBox.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--ground-truth", "Mass,1,2,3"], "malformed"),
+        (["--ground-truth", "Mass,a,2,3,4"], "not a number"),
+        (["--ground-truth", "Mass,1,2,0,4"], "must be > 0"),
+        (["--ground-truth", "Mass,100,50,40,40"], "outside the 120x100 image"),
+        (["--strategy", "nope"], "unknown bbox strategy 'nope'"),
+    ],
+)
+def test_bbox_bad_inputs_one_line(tmp_path: Path, pm, monkeypatch, capsys, extra, fragment) -> None:
+    mask_path = make_case(tmp_path)
+    code, _, err = run_cli(["bbox", "--input-mask", str(mask_path), *extra], pm, monkeypatch, capsys)
+    assert code != 0 and fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bbox_missing_file_and_not_a_mask(tmp_path: Path, pm, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(["bbox", "--input-mask", str(tmp_path / "nope_P3.png")], pm, monkeypatch, capsys)
+    assert code != 0 and "nope_P3.png: file not found" in err and len(err.strip().splitlines()) == 1
+    ramp = render.write_png(tmp_path / "m_X_P3.png", np.tile(np.arange(256, dtype=np.uint8), (4, 1)))
+    code, _, err = run_cli(["bbox", "--input-mask", str(ramp)], pm, monkeypatch, capsys)
+    assert code != 0 and "not a binary mask" in err and "Traceback" not in err
