@@ -1,0 +1,222 @@
+"""Synthetic phantoms: NIH file formats, determinism, anatomy of the lesions and their boxes, the CLI."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from xcam.core.errors import UsageError
+from xcam.datasets.phantom import (
+    BBOX_HEADER,
+    CLASSES,
+    DATA_ENTRY_HEADER,
+    NO_FINDING,
+    PhantomSet,
+    generate_phantoms,
+    load_boxes,
+    load_labels,
+    render_phantom,
+)
+
+SIZE = 160
+
+
+def shared_data() -> Path:
+    """The real NIH fixtures (``$XCAM_TEST_DATA`` or ``../shared/data``)."""
+    return Path(os.environ.get("XCAM_TEST_DATA") or Path(__file__).parents[1].parent / "shared" / "data")
+
+
+def real_nih(name: str) -> Path:
+    path = shared_data() / "nih" / name
+    if not path.exists():
+        pytest.skip(f"real NIH fixture {path} not available (set XCAM_TEST_DATA)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> PhantomSet:
+    return generate_phantoms(tmp_path_factory.mktemp("phantoms"), n=80, size=SIZE, seed=7)
+
+
+@pytest.fixture(scope="module")
+def entries(phantoms: PhantomSet) -> pd.DataFrame:
+    return pd.read_csv(phantoms.data_entry_csv)
+
+
+@pytest.fixture(scope="module")
+def boxes(phantoms: PhantomSet) -> pd.DataFrame:
+    return pd.read_csv(phantoms.bbox_csv)
+
+
+def test_files_and_headers(phantoms: PhantomSet) -> None:
+    assert phantoms.data_entry_csv.read_text().splitlines()[0] == DATA_ENTRY_HEADER
+    assert phantoms.bbox_csv.read_text().splitlines()[0] == BBOX_HEADER
+    pngs = sorted(phantoms.images_dir.glob("*.png"))
+    assert len(pngs) == phantoms.n_images == 80
+    img = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+    assert img.dtype == np.uint8 and img.shape == (SIZE, SIZE)
+
+
+def test_data_entry_parses_like_nih(entries: pd.DataFrame, phantoms: PhantomSet) -> None:
+    assert list(entries.columns[:11]) == [
+        "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+        "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
+    ]
+    assert entries["Unnamed: 11"].isna().all()  # NIH's trailing comma
+    assert (entries["OriginalImage[Width"] == SIZE).all() and (entries["Height]"] == SIZE).all()
+    assert set(entries["View Position"]) == {"PA"} and set(entries["Patient Gender"]) <= {"M", "F"}
+    labels = {lab for cell in entries["Finding Labels"] for lab in cell.split("|")}
+    assert labels <= set(CLASSES) | {NO_FINDING}
+    for cell in entries["Finding Labels"]:
+        parts = cell.split("|")
+        assert parts == sorted(parts) and (NO_FINDING not in parts or parts == [NO_FINDING])
+    for name, follow, patient in entries[["Image Index", "Follow-up #", "Patient ID"]].itertuples(index=False):
+        assert name == f"{patient:08d}_{follow:03d}.png"
+        assert (phantoms.images_dir / name).exists()
+
+
+def test_columns_match_the_real_nih_files(entries: pd.DataFrame, boxes: pd.DataFrame) -> None:
+    real_entry = pd.read_csv(real_nih("Data_Entry_2017_subset.csv"))
+    real_boxes = pd.read_csv(real_nih("BBox_List_2017_subset.csv"))
+    assert list(entries.columns[: len(real_entry.columns)]) == list(real_entry.columns)
+    for column in real_entry.columns:
+        assert entries[column].dtype.kind == real_entry[column].dtype.kind, column
+    assert list(boxes.columns) == list(real_boxes.columns)
+    assert len(load_boxes(real_nih("BBox_List_2017.csv"))) == 984
+    assert len(load_labels(real_nih("Data_Entry_2017_subset.csv"))) == 59
+
+
+def test_patients_have_several_images(entries: pd.DataFrame) -> None:
+    per_patient = entries.groupby("Patient ID")["Follow-up #"].agg(["count", "max"])
+    assert per_patient["count"].max() >= 2 and (per_patient["count"] == per_patient["max"] + 1).all()
+    assert per_patient["count"].mean() > 1.5
+    ages = entries.groupby("Patient ID")["Patient Age"].agg(["min", "max"])
+    assert (ages["max"] - ages["min"] <= 4).all()
+
+
+def test_boxes_inside_images_and_consistent_with_labels(phantoms: PhantomSet, entries: pd.DataFrame) -> None:
+    records = load_boxes(phantoms.bbox_csv)
+    assert len(records) == sum(phantoms.box_counts.values()) > 0
+    for b in records:
+        assert b.w >= 2 and b.h >= 2 and b.x >= 0 and b.y >= 0
+        assert b.x + b.w <= SIZE and b.y + b.h <= SIZE
+        assert b.label != "Infiltration"  # NIH's BBox_List spelling is "Infiltrate"
+    boxed = {(b.image, b.data_label) for b in records}
+    labelled = {(name, lab) for name, cell in zip(entries["Image Index"], entries["Finding Labels"])
+                for lab in cell.split("|") if lab != NO_FINDING}
+    assert boxed == labelled
+
+
+def test_class_counts_and_normals(phantoms: PhantomSet, entries: pd.DataFrame, boxes: pd.DataFrame) -> None:
+    counted = pd.Series([lab for cell in entries["Finding Labels"] for lab in cell.split("|")]).value_counts()
+    assert phantoms.image_counts == {k: int(counted[k]) for k in phantoms.image_counts}
+    assert set(phantoms.image_counts) == set(CLASSES) | {NO_FINDING}
+    assert 0.15 <= phantoms.image_counts[NO_FINDING] / phantoms.n_images <= 0.6
+    assert phantoms.box_counts == boxes["Finding Label"].value_counts().to_dict()
+    assert "Infiltrate" in phantoms.box_counts
+    again = PhantomSet.load(phantoms.root)
+    assert (again.image_counts, again.box_counts, again.n_patients, again.size) == (
+        phantoms.image_counts, phantoms.box_counts, phantoms.n_patients, SIZE)
+    assert "Nodule" in phantoms.summary() and str(phantoms.images_dir) in phantoms.summary()
+
+
+def test_nodules_are_brighter_than_their_surroundings(phantoms: PhantomSet) -> None:
+    diffs = []
+    for b in load_boxes(phantoms.bbox_csv):
+        if b.label not in ("Nodule", "Mass"):
+            continue
+        img = cv2.imread(str(phantoms.images_dir / b.image), cv2.IMREAD_GRAYSCALE).astype(np.float64)
+        x0, y0, x1, y1 = int(b.x), int(b.y), int(b.x + b.w), int(b.y + b.h)
+        pad = max(2, int(0.5 * max(b.w, b.h)))
+        outer = img[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad]
+        inner = img[y0:y1, x0:x1]
+        ring = (outer.sum() - inner.sum()) / (outer.size - inner.size)
+        diffs.append(inner.mean() - ring)
+    assert len(diffs) >= 5
+    assert np.mean(diffs) > 3 and np.mean(np.array(diffs) > 0) > 0.7
+
+
+@pytest.mark.parametrize("finding", CLASSES)
+def test_boxes_tightly_cover_what_the_lesion_changed(finding: str) -> None:
+    """Render with and without the finding (same anatomy and noise): the change lies in the boxes."""
+    for index in range(2):
+        with_it, lesions = render_phantom((finding,), 192, seed=5, index=index, patient=index + 1)
+        without, none = render_phantom((), 192, seed=5, index=index, patient=index + 1)
+        assert lesions and not none and {les.label for les in lesions} == {finding}
+        diff = np.abs(with_it.astype(np.float64) - without.astype(np.float64))
+        inside = np.zeros(diff.shape, bool)
+        for les in lesions:
+            x, y, w, h = les.box
+            inside[max(0, int(y) - 2):int(y + h) + 2, max(0, int(x) - 2):int(x + w) + 2] = True
+        assert diff[inside].sum() / diff.sum() > 0.9  # the change is in the boxes...
+        strong = diff > 0.15 * diff.max()
+        for les in lesions:  # ...and every box holds part of it
+            x, y, w, h = (int(v) for v in les.box)
+            assert strong[y:y + h, x:x + w].any()
+        sign = -1 if finding == "Pneumothorax" else 1  # air darkens, everything else is denser
+        assert sign * (with_it[inside].astype(float) - without[inside]).mean() > 2
+
+
+def test_lesions_sit_in_the_right_places() -> None:
+    img, lesions = render_phantom(("Cardiomegaly", "Effusion", "Pneumothorax"), 256, seed=1, index=3)
+    by_label = {les.label: les.box for les in lesions}
+    x, y, w, h = by_label["Cardiomegaly"]
+    assert x < 128 < x + w and x + w / 2 > 128  # spans the midline, mostly on the image right
+    for les in lesions:
+        bx, by, bw, bh = les.box
+        if les.label == "Effusion":
+            assert by + bh / 2 > 128  # a lung base
+        if les.label == "Pneumothorax":
+            assert by < 90  # reaches the apex
+    assert img.shape == (256, 256)
+
+
+def test_deterministic_and_independent_of_workers(tmp_path: Path) -> None:
+    a = generate_phantoms(tmp_path / "a", n=6, size=96, seed=11)
+    b = generate_phantoms(tmp_path / "b", n=6, size=96, seed=11, workers=2)
+    c = generate_phantoms(tmp_path / "c", n=6, size=96, seed=12)
+    names = sorted(p.name for p in a.images_dir.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(a.images_dir, b.images_dir, names, shallow=False)
+    assert match == names and not mismatch and not errors
+    for attr in ("data_entry_csv", "bbox_csv"):
+        assert getattr(a, attr).read_bytes() == getattr(b, attr).read_bytes()
+    assert a.data_entry_csv.read_bytes() != c.data_entry_csv.read_bytes() or any(
+        (a.images_dir / n).read_bytes() != (c.images_dir / n).read_bytes() for n in names)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="n must be at least 1"):
+        generate_phantoms(tmp_path, n=0)
+    with pytest.raises(UsageError, match="size"):
+        generate_phantoms(tmp_path, n=1, size=32)
+    with pytest.raises(UsageError, match="lesion_rate"):
+        generate_phantoms(tmp_path, n=1, size=64, lesion_rate=1.5)
+    with pytest.raises(UsageError, match="unknown phantom finding"):
+        render_phantom(("Hernia",), 64)
+
+
+def test_lesion_rate_extremes(tmp_path: Path) -> None:
+    normal = generate_phantoms(tmp_path / "normal", n=5, size=64, lesion_rate=0.0)
+    assert normal.image_counts == {NO_FINDING: 5} and normal.box_counts == {}
+    assert normal.bbox_csv.read_text() == BBOX_HEADER + "\n"
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xcam.cli import main
+
+    main(["phantom", "--out", str(tmp_path / "cli"), "--n", "4", "--size", "64", "--seed", "2"])
+    out = capsys.readouterr().out
+    assert "Wrote 4 synthetic chest radiographs" in out and "Data_Entry_2017.csv" in out
+    assert len(list((tmp_path / "cli" / "images").glob("*.png"))) == 4
+    for args, message in ((["--n", "0"], "--n"), (["--size", "32"], "--size"), (["--workers", "0"], "--workers")):
+        with pytest.raises(SystemExit) as exc:
+            main(["phantom", "--out", str(tmp_path / "bad"), *args])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "must be at least" in err and "Traceback" not in err
