@@ -1,0 +1,229 @@
+"""``xcam evaluate``: the protocol's numbers on hand-made boxes, oracle CAMs injected as a plugin,
+ensembles, label mapping, and a run on the real NIH files (skipped when they are absent)."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xcam.evaluation.protocol import BoxRecord, class_row, summarize
+
+GT = (100.0, 100.0, 100.0, 50.0)
+
+
+def _record(preds, gt=GT, label="Mass", image="a.png", hit=False) -> BoxRecord:
+    r = BoxRecord(image, label, gt, 512, 512, preds=[(*p, 1.0) for p in preds], hit=hit)
+    r.baselines = {"lung_field": (90.0, 90.0, 150.0, 80.0), "centre": (206.0, 231.0, 100.0, 50.0)}
+    return r
+
+
+def test_identical_box_is_localized_at_every_threshold():
+    row = class_row([_record([GT], hit=True)])
+    assert all(v == 1.0 for t, v in row["iobb"].items() if float(t) < 1)
+    assert all(v == 1.0 for v in row["iou"].values())
+    assert row["miou"] == pytest.approx(1.0) and row["pointing"] == 1.0
+    assert all(v == 0.0 for v in row["afp"].values())
+
+
+def test_disjoint_box_is_a_miss_and_a_false_positive():
+    row = class_row([_record([(300.0, 300.0, 50.0, 50.0)])])
+    assert all(v == 0.0 for v in row["iobb"].values()) and all(v == 0.0 for v in row["iou"].values())
+    assert row["miou"] == 0.0
+    assert all(v == 1.0 for v in row["afp"].values())  # one false box per image at every T
+
+
+def test_nested_boxes_iobb_against_iou():
+    inner = (125.0, 112.5, 50.0, 25.0)  # a quarter of the GT area, inside it
+    row = class_row([_record([inner])])
+    assert row["iobb"]["0.9"] == 1.0  # IoBB = |P ∩ G| / |P| = 1
+    assert row["miou"] == pytest.approx(0.25)
+    assert row["iou"]["0.2"] == 1.0 and row["iou"]["0.3"] == 0.0
+    outer = (50.0, 50.0, 200.0, 150.0)  # contains the GT: IoBB = 5000 / 30000
+    row = class_row([_record([outer])])
+    assert row["iobb"]["0.1"] == 1.0 and row["iobb"]["0.25"] == 0.0
+    assert row["miou"] == pytest.approx(5000 / 30000)
+
+
+def test_any_of_several_boxes_counts_and_no_box_is_a_miss():
+    row = class_row([_record([(300.0, 300.0, 50.0, 50.0), GT]), _record([], image="b.png")])
+    assert row["iobb"]["0.5"] == 0.5 and row["iou"]["0.5"] == 0.5
+    assert row["afp"]["0.25"] == 0.5  # one false box over two images
+
+
+def test_summary_has_a_mean_row_and_both_baselines():
+    records = [_record([GT], hit=True), _record([], label="Nodule", image="b.png")]
+    s = summarize(records, {"Mass": 0.9}, order=["Nodule", "Mass"])
+    assert list(s["classes"]) == ["Nodule", "Mass"]
+    assert s["mean"]["pointing"] == 0.5 and s["mean"]["auc"] == 0.9
+    assert s["baselines"]["centre"]["mean"]["iou"]["0.1"] == 0.0
+    lung = s["baselines"]["lung_field"]["classes"]["Mass"]  # IoBB = 5000 / 12000
+    assert lung["iobb"]["0.25"] == 1.0 and lung["iobb"]["0.5"] == 0.0 and lung["pointing"] == 1.0
+
+
+def test_box_list_maps_infiltrate(tmp_path: Path):
+    from xcam.evaluation.groundtruth import read_boxes
+
+    path = tmp_path / "boxes.csv"
+    path.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Infiltrate,1,2,3,4\nb.png,Mass,5,6,7,8\n")
+    boxes = read_boxes(path)
+    assert [b.label for b in boxes] == ["Infiltration", "Mass"] and boxes[0].raw_label == "Infiltrate"
+    assert boxes[1].box == (5.0, 6.0, 7.0, 8.0)
+
+
+def test_lung_field_baseline_covers_the_lungs_of_a_phantom(phantom_set: Path):
+    from xcam.core.imageio import load_image
+    from xcam.evaluation.baselines import lung_field_box
+
+    image = load_image(next((phantom_set / "images").glob("*.png")))
+    x, y, w, h = lung_field_box(image.pixels)
+    assert 0 <= x and 0 <= y and x + w <= image.width + 1e-6 and y + h <= image.height + 1e-6
+    assert 0.2 < (w * h) / (image.width * image.height) < 0.8
+
+
+# -- oracle CAMs through the plugin manager ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def phantom_set(tmp_path_factory) -> Path:
+    from xcam.datasets.phantom import generate_phantoms
+
+    root = tmp_path_factory.mktemp("eval_phantoms")
+    generate_phantoms(root, n=40, size=128, seed=17)
+    return root
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """A mobilenetv3 checkpoint (random weights) for the phantom labels, saved as xcam train saves."""
+    import torch
+
+    from xcam.datasets.phantom import CLASSES
+    from xcam.nets.mobilenet import MobileNetV3
+
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    torch.manual_seed(0)
+    model = MobileNetV3(labels=list(CLASSES), arch="mobilenet_v3_small", input_size=64, cam_layer="net.features.8")
+    torch.save(model.checkpoint_object(), path)
+    return path
+
+
+def oracle_plugin(phantom_set: Path, size: int, shift: float = 0.0):
+    """A cam-method plugin that knows the answer: a Gaussian at every true box of the class
+    (recognised by the preprocessed pixels), optionally shifted by ``shift`` of the image."""
+    from xcam.core.hookspecs import hookimpl
+    from xcam.core.imageio import load_image
+    from xcam.core.preprocess import preprocess
+    from xcam.core.types import CamMethodRegistration
+    from xcam.datasets.phantom import CLASSES
+    from xcam.evaluation.groundtruth import read_boxes
+
+    boxes: dict[bytes, dict[str, list]] = {}
+    for gt in read_boxes(phantom_set / "BBox_List_2017.csv"):
+        array, geometry = preprocess(load_image(phantom_set / "images" / gt.image), size, "xrv")
+        boxes.setdefault(array.tobytes(), {}).setdefault(gt.label, []).append(geometry.box_to_model(*gt.box))
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+
+    def compute(model, batch, class_indices, **options):
+        out = []
+        for x, k in zip(batch.numpy(), class_indices):
+            cam = np.zeros((size, size))
+            for bx, by, bw, bh in boxes.get(x.tobytes(), {}).get(CLASSES[k], []):
+                cx, cy = (bx + bw / 2 + shift * size) % size, (by + bh / 2 + shift * size) % size
+                sx, sy = max(bw / 4, 1.0), max(bh / 4, 1.0)
+                cam = np.maximum(cam, np.exp(-0.5 * (((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2)))
+            out.append(cam / cam.max() if cam.max() > 0 else cam)
+        return np.asarray(out, dtype=np.float32)
+
+    @hookimpl
+    def xcam_cam_methods():
+        yield CamMethodRegistration(name="oracle", compute=compute, description="test oracle")
+
+    return types.SimpleNamespace(xcam_cam_methods=xcam_cam_methods)
+
+
+def _evaluate(pm, phantom_set: Path, checkpoint: Path, output: Path | None = None, **kw):
+    from xcam.evaluation.run import EvalConfig, evaluate
+
+    config = EvalConfig(imgpath=str(phantom_set / "images"), bbox_csv=str(phantom_set / "BBox_List_2017.csv"),
+                        models=["mobilenetv3"], weights=[str(checkpoint)], output=str(output) if output else None,
+                        progress=False, **kw)
+    return evaluate(config, pm)
+
+
+@pytest.fixture()
+def fresh_pm():
+    from xcam.core.config import XcamConfig
+    from xcam.core.manager import get_plugin_manager
+
+    return get_plugin_manager(XcamConfig(), entrypoints=False)
+
+
+def test_oracle_cams_localize_almost_perfectly(fresh_pm, phantom_set: Path, random_checkpoint: Path, tmp_path: Path):
+    fresh_pm.load_object(oracle_plugin(phantom_set, 64), name="oracle-test")
+    result = _evaluate(fresh_pm, phantom_set, random_checkpoint, tmp_path / "eval", method="oracle",
+                       mask="threshold", mask_options={"threshold": 0.5})
+    mean = result.summary["mean"]
+    assert mean["n_boxes"] == len(result.records) > 20
+    assert mean["pointing"] > 0.85  # a miss only where one class has two boxes in one image
+    assert mean["iobb"]["0.25"] > 0.85 and mean["iou"]["0.1"] > 0.85
+    lung, centre = (result.summary["baselines"][k]["mean"] for k in ("lung_field", "centre"))
+    assert mean["pointing"] > max(lung["pointing"], centre["pointing"])
+    for name in ("results.json", "results.md", "per_box.csv", "accuracy_vs_threshold.png", "montage.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["summary"]["mean"]["pointing"] == pytest.approx(mean["pointing"])
+    assert "**mean**" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_shifted_oracle_does_not(fresh_pm, phantom_set: Path, random_checkpoint: Path):
+    fresh_pm.load_object(oracle_plugin(phantom_set, 64, shift=0.5), name="oracle-shifted")
+    result = _evaluate(fresh_pm, phantom_set, random_checkpoint, method="oracle", mask="threshold")
+    mean = result.summary["mean"]
+    assert mean["pointing"] < 0.3 and mean["iou"]["0.1"] < 0.3
+
+
+def test_an_ensemble_of_one_model_twice_equals_the_model(fresh_pm, phantom_set: Path, random_checkpoint: Path):
+    single = _evaluate(fresh_pm, phantom_set, random_checkpoint)
+    from xcam.evaluation.run import EvalConfig, evaluate
+
+    config = EvalConfig(imgpath=str(phantom_set / "images"), bbox_csv=str(phantom_set / "BBox_List_2017.csv"),
+                        models=["mobilenetv3", "mobilenetv3"], weights=[str(random_checkpoint)] * 2, output=None,
+                        progress=False)
+    double = evaluate(config, fresh_pm)
+    boxes = lambda result: [[p[:4] for p in r.preds] for r in result.records]  # noqa: E731 (scores rescale)
+    assert boxes(double) == boxes(single)
+    assert double.summary["mean"]["pointing"] == single.summary["mean"]["pointing"]
+
+
+def test_layer_fusion_and_unknown_method(fresh_pm, phantom_set: Path, random_checkpoint: Path):
+    from xcam.core.errors import UsageError
+
+    fused = _evaluate(fresh_pm, phantom_set, random_checkpoint, cam_layers=["net.features.8", "net.features.12"])
+    assert fused.summary["mean"]["n_boxes"] == len(fused.records)
+    with pytest.raises(UsageError, match="unknown cam method"):
+        _evaluate(fresh_pm, phantom_set, random_checkpoint, method="no-such-cam")
+
+
+# -- the real NIH files ------------------------------------------------------------------------------
+def test_evaluate_runs_on_the_real_nih_subset(shared_data: Path, tmp_path: Path, capsys):
+    from xcam.cli import main
+
+    nih = shared_data / "nih"
+    try:
+        main(["evaluate", "--imgpath", str(nih / "images"), "--bbox-csv", str(nih / "BBox_List_2017_subset.csv"),
+              "--csvpath", str(nih / "Data_Entry_2017_subset.csv"), "--models", "mobilenetv3", "--random-weights",
+              "--output", str(tmp_path / "eval"), "--quiet", "--montage", "2"])
+    except SystemExit as exc:
+        assert exc.code in (0, None), capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "**mean**" in out and "class mean: pointing" in out
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    summary = saved["summary"]
+    assert summary["images"]["found"] == 12 and len(saved["records"]) == 12
+    assert "Infiltration" in summary["classes"] and "Infiltrate" not in summary["classes"]
+    assert set(summary["classes"]) >= {"Cardiomegaly", "Nodule", "Mass"}
+    assert summary["mean"]["auc"] is not None  # labels of the 59 images give per-class AUCs
+    for r in saved["records"]:
+        assert r["width"] == r["height"] == 1024

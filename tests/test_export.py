@@ -1,0 +1,294 @@
+"""ONNX export: graph outputs, dynamic batch, metadata, parity with PyTorch, the export cache and
+``xcam export``. DenseNet121 is exported once per session (cached by weights hash); a tiny GAP
+classifier covers the CLI and the in-graph op_norm quickly."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from xcam.core.model import XCamModel
+from xcam.core.types import ClassifierRegistration, WeightVariant
+from xcam.core.weights import WeightsStore, sha256_of
+from xcam.export.onnx_export import (
+    cache_stem,
+    ensure_export,
+    export_model,
+    onnx_cache_dir,
+    onnx_parity,
+    parity_report,
+    read_metadata,
+    strip_cams,
+)
+from xcam.export.runtime import OnnxClassifier
+from xcam.export.samples import load_batch, synthetic_batch
+
+TINY_LABELS = ("Alpha", "", "Gamma", "Delta")
+TINY_THRESHS = (0.3, float("nan"), 0.6, float("nan"))
+
+
+class TinyGap(XCamModel):
+    """conv → ReLU → GAP → linear, with op_norm thresholds (two NaN): exports in a second."""
+
+    target_layer_path = "act"
+
+    def __init__(self, gap: bool = True) -> None:
+        super().__init__(TINY_LABELS, 32, TINY_THRESHS)
+        self.name, self.variant = "tinygap", "tinygap-random"
+        self.conv = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(8, 4)
+        self.gap = gap
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x / 1024))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.feature_map(x).mean(dim=(2, 3)))
+
+    def gap_linear_head(self):
+        if not self.gap:
+            return None
+        from xcam.nets.xrv import _FeatureMap
+
+        return _FeatureMap(self), self.fc
+
+
+def _tiny_registration() -> ClassifierRegistration:
+    def build(request):
+        torch.manual_seed(1)
+        return TinyGap()
+
+    return ClassifierRegistration(
+        name="tinygap", labels=TINY_LABELS, input_size=32, target_layer="act",
+        variants=(WeightVariant(name="tinygap-random", filename="tinygap.pt"),), builder=build,
+        gap_linear_head=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_pm():
+    from xcam.core.config import XcamConfig
+    from xcam.core.hookspecs import hookimpl
+    from xcam.core.manager import get_plugin_manager
+
+    class Plugin:
+        @hookimpl
+        def xcam_classifiers(self):
+            yield _tiny_registration()
+
+    pm = get_plugin_manager(XcamConfig(), entrypoints=False)
+    pm.load_object(Plugin(), "tinygap-plugin")
+    return pm
+
+
+@pytest.fixture(scope="module")
+def densenet_export(pm, random_weights):
+    """DenseNet121 with random weights saved under the real file name, exported through the cache."""
+    path = random_weights("densenet121")
+    artifact = ensure_export(pm.classifier("densenet121"), store=WeightsStore.from_env())
+    return artifact, path
+
+
+@pytest.fixture(scope="module")
+def densenet_model(pm, densenet_export):
+    return pm.classifier("densenet121").build(store=WeightsStore.from_env())
+
+
+# -- the graph -----------------------------------------------------------------------------
+def test_outputs_dynamic_batch_and_shapes(densenet_export):
+    artifact, _ = densenet_export
+    clf = OnnxClassifier.from_path(artifact.path)
+    assert clf.output_names == ["logits", "probabilities", "cams"]
+    for batch in (1, 3):
+        out = clf.run(synthetic_batch(batch, 224))
+        assert out["logits"].shape == (batch, 18)
+        assert out["probabilities"].shape == (batch, 18)
+        assert out["cams"].shape == (batch, 18, 7, 7)
+        assert (out["cams"] >= 0).all()  # ReLU'd, not normalized
+    assert clf.session.get_inputs()[0].shape[0] == "batch"
+
+
+def test_metadata_travels_with_the_file(densenet_export, densenet_model):
+    artifact, weights_file = densenet_export
+    meta = read_metadata(artifact.path)
+    assert json.loads(meta["labels"]) == list(densenet_model.labels)
+    assert meta["input_size"] == "224" and meta["preprocessing"] == "xrv"
+    threshs = json.loads(meta["op_threshs"])
+    expected = densenet_model.op_threshs.tolist()
+    assert len(threshs) == 18
+    assert all((t is None and math.isnan(e)) or abs(t - e) < 1e-7 for t, e in zip(threshs, expected))
+    assert meta["weights_file"] == str(weights_file)
+    assert meta["weights_sha256"] == sha256_of(weights_file)
+    assert meta["cam_target_layer"] == "head_relu"
+    assert meta["version"] and meta["exporter"] in ("dynamo", "legacy")
+    assert json.loads(meta["outputs"]) == ["logits", "probabilities", "cams"]
+
+
+# -- parity --------------------------------------------------------------------------------
+def test_parity_on_real_images(densenet_export, densenet_model, nih_images):
+    batch = load_batch(nih_images[:4], 224)
+    report = parity_report(densenet_model, densenet_export[0].path, batch, "nih")
+    assert report["max_abs_probabilities"] < 1e-4
+    assert report["max_rel_logits"] < 1e-3
+    assert report["max_abs_cams"] < 1e-4
+
+
+def test_parity_on_generated_images(densenet_export, densenet_model):
+    report = parity_report(densenet_model, densenet_export[0].path, synthetic_batch(3, 224, seed=5), "generated")
+    assert report["max_abs_probabilities"] < 1e-4
+    assert report["max_rel_logits"] < 1e-3
+    assert report["max_abs_cams"] < 1e-4
+
+
+def test_in_graph_op_norm_nan_thresholds_and_cams(tmp_path):
+    torch.manual_seed(0)
+    model = TinyGap().eval()
+    artifact = export_model(model, tmp_path / "tiny.onnx")
+    x = synthetic_batch(5, 32, seed=1)
+    got = OnnxClassifier.from_path(artifact.path).run(x)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+        probs = model.calibrate(logits).numpy()
+    np.testing.assert_allclose(got["probabilities"], probs, atol=1e-6)
+    assert (got["probabilities"][:, [1, 3]] == 0.5).all()  # NaN thresholds → 0.5, as in xrv
+    from xcam.export.fast_cam import fast_gradcam_torch
+
+    np.testing.assert_allclose(got["cams"], fast_gradcam_torch(model, x, normalize=False).numpy(), rtol=1e-4,
+                               atol=1e-6)
+    meta = read_metadata(artifact.path)
+    threshs = json.loads(meta["op_threshs"])
+    assert threshs[1] is None and threshs[3] is None
+    assert threshs[0] == pytest.approx(0.3) and threshs[2] == pytest.approx(0.6)
+    clf = OnnxClassifier.from_path(artifact.path)
+    assert clf.valid_indices == [0, 2]
+    np.testing.assert_allclose(clf.calibrate(got["logits"]), got["probabilities"], atol=1e-6)
+
+
+def test_model_without_gap_head_exports_without_cams(tmp_path):
+    torch.manual_seed(0)
+    artifact = export_model(TinyGap(gap=False).eval(), tmp_path / "nocam.onnx")
+    clf = OnnxClassifier.from_path(artifact.path)
+    assert clf.output_names == ["logits", "probabilities"]
+    assert clf.all_class_cams(synthetic_batch(1, 32)) is None
+    assert clf.cam_fast_path(synthetic_batch(1, 32), [0], "gradcam") is None
+    assert read_metadata(artifact.path)["cam_target_layer"] == ""
+
+
+def test_strip_cams_keeps_the_classifier(densenet_export):
+    path = densenet_export[0].path
+    plain = OnnxClassifier.from_path(strip_cams(path))
+    full = OnnxClassifier.from_path(path)
+    x = synthetic_batch(2, 224, seed=3)
+    assert plain.output_names == ["logits", "probabilities"]
+    np.testing.assert_allclose(plain.predict(x), full.predict(x), atol=1e-6)
+
+
+def test_onnx_parity_helper_for_plugin_authors():
+    torch.manual_seed(0)
+    assert onnx_parity(TinyGap().eval(), torch.randn(2, 1, 32, 32) * 400) < 1e-4
+
+
+def test_legacy_exporter_also_works(tmp_path):
+    torch.manual_seed(0)
+    artifact = export_model(TinyGap().eval(), tmp_path / "legacy.onnx", exporter="legacy")
+    assert artifact.exporter == "legacy"
+    assert OnnxClassifier.from_path(artifact.path).run(synthetic_batch(2, 32))["cams"].shape == (2, 4, 16, 16)
+
+
+# -- the cache -----------------------------------------------------------------------------
+def test_second_load_reuses_the_cached_export(pm, densenet_export):
+    artifact, weights_file = densenet_export
+    assert artifact.path.parent == onnx_cache_dir()
+    assert sha256_of(weights_file)[:16] in artifact.path.name
+    mtime = artifact.path.stat().st_mtime_ns
+    again = ensure_export(pm.classifier("densenet121"), store=WeightsStore.from_env())
+    assert not again.created and again.path == artifact.path and again.model is None
+    from xcam.core.inference import load_classifier
+
+    clf = load_classifier(pm, "densenet121", backend="onnx", store=WeightsStore.from_env())
+    assert clf.path == artifact.path and artifact.path.stat().st_mtime_ns == mtime
+    assert clf.backend == "onnx:CPUExecutionProvider"
+
+
+def test_cache_key_changes_with_weights_opset_and_options(pm):
+    variant = pm.classifier("densenet121").default
+    base = cache_stem("densenet121", variant, "a" * 64)
+    assert cache_stem("densenet121", variant, "b" * 64) != base
+    assert cache_stem("densenet121", variant, "a" * 64, opset=17) != base
+    assert cache_stem("densenet121", variant, "a" * 64, options={"x": 1}) != base
+    assert cache_stem("densenet121", variant, "a" * 64, options={"weights": "nih"}) == base
+
+
+# -- the command ---------------------------------------------------------------------------
+def _invoke(pm, args):
+    from xcam.cli import cli
+
+    return CliRunner().invoke(cli, args, obj={"pm": pm}, catch_exceptions=False)
+
+
+def test_cli_export_random_weights_with_int8(tiny_pm, tmp_path, nih_images):
+    out = tmp_path / "tiny.onnx"
+    result = _invoke(tiny_pm, ["export", "--model", "tinygap", "--random-weights", "--output", str(out),
+                               "--quantize", "int8", "--calibration", str(nih_images[0].parent),
+                               "--calibration-count", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert out.is_file() and Path(report["int8_path"]).is_file()
+    assert report["parity"]["max_abs_probabilities"] < 1e-4
+    assert report["parity"]["max_abs_cams"] < 1e-4
+    assert "nih" in report["parity"]["source"] or "images from" in report["parity"]["source"]
+    assert 0 <= report["int8_vs_fp32"]["max_abs_probabilities"] <= 1
+    assert json.loads(read_metadata(report["int8_path"])["quantization"])["type"] == "int8-static"
+
+
+def test_cli_export_reports_reuse_from_cache(pm, densenet_export):
+    result = _invoke(pm, ["export", "--model", "densenet121"])
+    assert result.exit_code == 0, result.output
+    assert "reused from cache" in result.output
+    assert "parity vs PyTorch" in result.output
+
+
+def test_cli_export_errors_are_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "xcam.cli", "export", "--model", "densenet121", "--quantize", "int8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0
+    assert "--calibration" in proc.stderr
+
+
+def test_export_command_module_does_not_import_torch():
+    code = "import sys, xcam.commands.export, xcam.commands.bench; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False).stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_resnet50_export_parity(pm, random_weights, nih_images):
+    random_weights("resnet50")
+    reg = pm.classifier("resnet50")
+    artifact = ensure_export(reg, store=WeightsStore.from_env())
+    model = reg.build(store=WeightsStore.from_env())
+    report = parity_report(model, artifact.path, load_batch(nih_images[:2], 512), "nih")
+    assert report["max_abs_probabilities"] < 1e-4 and report["max_rel_logits"] < 1e-3
+    assert report["max_abs_cams"] < 1e-4
+    assert OnnxClassifier.from_path(artifact.path).run(load_batch(nih_images[:1], 512))["cams"].shape == (1, 18, 16, 16)
+
+
+@pytest.mark.slow
+def test_mobilenet_and_jf_export_without_cams(pm, tmp_path):
+    for name in ("mobilenetv3", "jfhealthcare"):
+        torch.manual_seed(0)
+        model = pm.classifier(name).build(random_init=True)
+        x = synthetic_batch(2, model.input_size)
+        assert onnx_parity(model, x) < 1e-3
+        artifact = export_model(model, tmp_path / f"{name}.onnx")
+        assert "cams" not in OnnxClassifier.from_path(artifact.path).output_names

@@ -1,0 +1,174 @@
+"""``xcam train``: NIH-format reading, patient-wise split, resumable deterministic training,
+checkpoints the mobilenetv3 plugin loads, and the one-line ``--pretrained`` error offline."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xcam.train.data import patient_split, read_label_table, split_findings
+
+LABELS = ["Cardiomegaly", "Effusion"]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    from xcam.datasets.phantom import generate_phantoms
+
+    root = tmp_path_factory.mktemp("phantoms")
+    generate_phantoms(root, n=160, size=64, seed=5)
+    return root
+
+
+def _config(phantoms: Path, out: Path, **kw):
+    from xcam.train.loop import TrainConfig
+
+    base = dict(imgpath=str(phantoms / "images"), csvpath=str(phantoms / "Data_Entry_2017.csv"), out=str(out),
+                epochs=2, batch_size=16, img_size=64, arch="mobilenet_v3_small", seed=3, labels=LABELS,
+                progress=False, val_fraction=0.25)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_label_parsing_maps_nih_spellings():
+    assert split_findings("Mass|Infiltrate") == ["Mass", "Infiltration"]
+    assert split_findings("No Finding") == []
+    assert split_findings(float("nan")) == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5])
+def test_patient_split_never_leaks(seed: int, fraction: float):
+    rng = np.random.default_rng(seed)
+    patients = rng.integers(0, 40, size=300).astype(str)
+    train, val = patient_split(patients, fraction, seed)
+    assert len(train) + len(val) == len(patients)
+    assert set(train).isdisjoint(val)
+    assert set(patients[train]).isdisjoint(set(patients[val]))
+    assert 0 < len(val) < len(patients)
+
+
+def test_split_of_a_phantom_set_keeps_follow_ups_together(phantoms: Path):
+    table = read_label_table(phantoms / "Data_Entry_2017.csv", phantoms / "images")
+    assert len(table) == 160 and table.missing == 0
+    train, val = patient_split(table.patients, 0.25, 0)
+    assert set(table.patients[train]).isdisjoint(table.patients[val])
+    prefixes = {table.names[i].split("_")[0] for i in val}
+    assert prefixes.isdisjoint({table.names[i].split("_")[0] for i in train})
+
+
+def test_unknown_label_is_one_line(phantoms: Path):
+    from xcam.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="Hernia") as info:
+        read_label_table(phantoms / "Data_Entry_2017.csv", phantoms / "images", ["Hernia"])
+    assert "\n" not in str(info.value)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_with_the_same_state(phantoms: Path, tmp_path: Path):
+    import torch
+
+    from xcam.train import checkpoint
+    from xcam.train.loop import train
+
+    def stop_after_first(epoch: int, row: dict) -> None:
+        if epoch == 1:
+            raise Interrupt  # as if killed right after epoch 1 was saved
+
+    with pytest.raises(Interrupt):
+        train(_config(phantoms, tmp_path / "resumed"), on_epoch_end=stop_after_first, log=lambda m: None)
+    assert checkpoint.load(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    resumed = train(_config(phantoms, tmp_path / "resumed"), log=lambda m: None)
+    straight = train(_config(phantoms, tmp_path / "straight"), log=lambda m: None)
+    assert resumed.last_epoch == straight.last_epoch == 2
+
+    a = checkpoint.load(tmp_path / "resumed" / "last.pt")
+    b = checkpoint.load(tmp_path / "straight" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in b["model_state"].items():
+        assert torch.equal(a["model_state"][key], value), key
+    assert a["scheduler_state"]["last_epoch"] == b["scheduler_state"]["last_epoch"]
+    assert [r["epoch"] for r in a["history"]] == [1, 2]
+
+    rows = list(csv.DictReader(open(tmp_path / "resumed" / "performance.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for column in ("train_loss", "val_loss", "train_auc", "val_auc", "val_auc_Cardiomegaly", "lr", "seconds"):
+        assert column in rows[0]
+    assert (tmp_path / "resumed" / "performance.png").stat().st_size > 0
+
+    # a third run has nothing left to do and leaves the checkpoint alone
+    again = train(_config(phantoms, tmp_path / "resumed"), log=lambda m: None)
+    assert again.last_epoch == 2
+
+
+def test_checkpoint_is_plain_data_and_loads_in_the_plugin(phantoms: Path, tmp_path: Path, pm):
+    import torch
+
+    from xcam.core.inference import load_classifier
+    from xcam.core.weights import WeightsStore
+    from xcam.train.loop import train
+
+    result = train(_config(phantoms, tmp_path / "run", epochs=1), log=lambda m: None)
+    obj = torch.load(result.best_path, weights_only=True)  # no allowlist needed
+    for key in ("model_state", "labels", "arch", "img_size", "preprocessing", "cam_layer", "epoch", "metrics",
+                "optimizer_state", "scheduler_state", "rng", "config"):
+        assert key in obj
+    assert obj["labels"] == LABELS and obj["arch"] == "mobilenet_v3_small" and obj["img_size"] == 64
+    assert not list(tmp_path.glob("run/*.tmp"))
+
+    clf = load_classifier(pm, "mobilenetv3", str(result.best_path), store=WeightsStore.from_env())
+    assert clf.labels == LABELS and clf.input_size == 64
+    assert clf.model.target_layer_path == obj["cam_layer"]
+    assert clf.predict(np.zeros((1, 1, 64, 64), np.float32)).shape == (1, 2)
+
+
+def test_other_settings_refuse_to_resume(phantoms: Path, tmp_path: Path):
+    from xcam.core.errors import UsageError
+    from xcam.train.loop import train
+
+    train(_config(phantoms, tmp_path / "run", epochs=1), log=lambda m: None)
+    with pytest.raises(UsageError, match="img_size"):
+        train(_config(phantoms, tmp_path / "run", epochs=2, img_size=96), log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_short_training_learns(tmp_path_factory):
+    """About a minute: 252 training phantoms at 96 px, 8 epochs, two large findings."""
+    from xcam.datasets.phantom import generate_phantoms
+    from xcam.train.loop import train
+
+    root = tmp_path_factory.mktemp("learn")
+    generate_phantoms(root, n=360, size=96, seed=8)
+    config = _config(root, root / "run", epochs=8, img_size=96, batch_size=24, lr=3e-3, val_fraction=0.3,
+                     augment=False)
+    result = train(config, log=lambda m: None)
+    aucs = [round(row["val_auc"], 3) for row in result.history]
+    assert result.best_val_auc > 0.7, aucs  # chance is 0.5; this seed reaches about 0.8
+
+
+def test_pretrained_without_network_is_one_line(phantoms: Path, tmp_path: Path, monkeypatch, capsys):
+    import urllib.error
+
+    import torchvision.models._api as tv_api
+
+    from xcam.cli import main
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)  # what no network looks like
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--imgpath", str(phantoms / "images"), "--csvpath", str(phantoms / "Data_Entry_2017.csv"),
+              "--arch", "mobilenet_v3_small", "--pretrained", "--out", str(tmp_path / "out"), "--quiet"])
+    assert info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "--no-pretrained" in err[0]
+    assert not (tmp_path / "out" / "last.pt").exists()

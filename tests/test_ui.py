@@ -1,0 +1,340 @@
+"""The Streamlit UI driven by Streamlit's AppTest (no browser), and its Streamlit-free helpers.
+
+Models run with random weights (``XCAM_UI_RANDOM_WEIGHTS=1``) except where weight loading itself is
+tested; the default model is MobileNetV3 (fast on a CPU) and the third-party example plugin
+(``tests/example_plugin``, made visible through a throw-away ``dist-info`` entry point) shows that a
+new classifier appears in the page without UI changes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xcam.core.errors import UsageError
+from xcam.core.pipeline import clear_classifier_cache
+from xcam.ui.export import zip_bytes
+from xcam.ui.groundtruth import label_key, parse_file, parse_text, pick
+from xcam.ui.settings import UiSettings, parse_checkpoint
+from xcam.ui.uploads import SessionFolder, UploadError, safe_filename
+
+APP = Path(__file__).resolve().parents[1] / "xcam" / "ui" / "app.py"
+EXAMPLE_PLUGIN_SRC = Path(__file__).resolve().parent / "example_plugin" / "src"
+
+
+def png_bytes(size: tuple[int, int] = (200, 160)) -> bytes:
+    """A synthetic grey radiograph-like PNG (a bright blob on a gradient)."""
+    import cv2
+
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = 60 + 80 * xx / w + 100 * np.exp(-(((xx - 0.6 * w) / 20) ** 2 + ((yy - 0.4 * h) / 25) ** 2))
+    return cv2.imencode(".png", np.clip(image, 0, 255).astype(np.uint8))[1].tobytes()
+
+
+# -- Streamlit-free helpers ----------------------------------------------------------------
+def test_settings_round_trip_through_environment(tmp_path):
+    settings = UiSettings(images_dir=tmp_path, weights_dir=tmp_path / "w", max_upload_mb=2.5, random_weights=True,
+                          checkpoints=(("mobilenetv3", str(tmp_path / "best.pt")),), models=("a", "b"))
+    back = UiSettings.from_env(settings.to_env())
+    assert back == settings
+    assert back.max_upload_bytes == int(2.5 * 1024 * 1024)
+    assert back.checkpoints_for("MobileNetV3") == [str(tmp_path / "best.pt")]
+    assert UiSettings.from_env({"XCAM_UI_MAX_UPLOAD_MB": "lots"}).max_upload_mb == 50
+    assert parse_checkpoint("runs/best.pt") == ("mobilenetv3", str(Path("runs/best.pt").resolve()))
+    assert parse_checkpoint("tinycnn=/x/y.pt") == ("tinycnn", "/x/y.pt")
+
+
+def test_session_folder_keeps_uploads_inside_and_cleans_up():
+    folder = SessionFolder()
+    root = folder.path
+    saved = folder.save_upload("../../etc/passwd x?.png", b"abc", max_bytes=10)
+    assert saved.parent == (root / "uploads").resolve() and saved.name == "passwd_x_.png"
+    second = folder.save_upload("b.png", b"def", max_bytes=10)
+    assert not saved.exists() and second.read_bytes() == b"def"  # only the latest upload is kept
+    with pytest.raises(UploadError, match="too large"):
+        folder.save_upload("big.png", b"x" * 11, max_bytes=10)
+    with pytest.raises(UploadError, match="empty"):
+        folder.save_upload("none.png", b"", max_bytes=10)
+    folder.cleanup()
+    assert not root.exists() and not folder.alive
+    assert safe_filename("..") == "upload" and safe_filename("C:\\x\\scan.dcm") == "scan.dcm"
+
+
+def test_ground_truth_text_and_files():
+    gt = parse_text("Cardiomegaly,277.5,459,540,301", 1024, 1024)
+    assert gt.box == (277.5, 459.0, 540.0, 301.0) and gt.text == "Cardiomegaly,277.5,459,540,301"
+    with pytest.raises(UsageError, match="outside"):
+        parse_text("Mass,900,900,200,200", 1024, 1024)
+    nih = ("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+           "a.png,Infiltrate,10,20,30,40\nb.png,Mass,1,2,3,4\na.png,Nodule,5,6,7,8\n")
+    boxes = parse_file(nih.encode(), "a.png")
+    assert [g.label for g in boxes] == ["Infiltrate", "Nodule"]
+    assert pick(boxes, "Infiltration").box == (10, 20, 30, 40)  # NIH's two spellings are one class
+    assert pick(boxes, "Mass") is None
+    assert label_key("Pleural_Thickening") == label_key("pleural thickening")
+    assert parse_file("Effusion,1,2,3,4\n", "any.png")[0].label == "Effusion"
+    with pytest.raises(UsageError, match="not a number"):
+        parse_file("Effusion,1,2,three,4\n", "any.png")
+
+
+def test_zip_holds_images_and_metadata():
+    data = zip_bytes({"m_Effusion_P0.png": np.zeros((4, 5, 3), np.uint8), "m_Effusion_P3.png": np.ones((4, 5), bool)},
+                     {"pathology": "Effusion", "value": np.float32(0.5)})
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    assert sorted(archive.namelist()) == ["m_Effusion_P0.png", "m_Effusion_P3.png", "metadata.json"]
+    assert json.loads(archive.read("metadata.json")) == {"pathology": "Effusion", "value": 0.5}
+
+
+def test_ui_command_builds_streamlit_call_and_needs_streamlit(tmp_path, monkeypatch, capsys):
+    from xcam.cli import main
+
+    main(["ui", "--print-command", "--port", "9123", "--images-dir", str(tmp_path), "--max-upload-mb", "2.5",
+          "--model", "mobilenetv3", "--random-weights"])
+    out = capsys.readouterr().out
+    assert "-m streamlit run" in out and str(Path("xcam/ui/app.py")) in out
+    assert "--server.port 9123" in out and "--server.maxUploadSize 3" in out and "--server.address 127.0.0.1" in out
+    assert f"XCAM_UI_IMAGES_DIR={tmp_path}" in out and "XCAM_UI_RANDOM_WEIGHTS=1" in out
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "streamlit" else object())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ui", "--port", "9124"])
+    assert exit_info.value.code == 2
+    assert 'pip install "xcam[ui]"' in capsys.readouterr().err
+
+
+def test_ui_command_imports_neither_streamlit_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, xcam.commands.ui; "
+            "print(sorted(m for m in ('streamlit', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_weights_and_random_weights_are_exclusive(tmp_path, capsys):
+    from xcam.cli import main
+
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        main(["ui", "--print-command", "--weights", str(checkpoint), "--random-weights"])
+    assert "use one" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ui", "--print-command", "--weights", str(tmp_path / "missing.pt")])
+    assert "missing.pt not found" in capsys.readouterr().err
+
+
+# -- the app under AppTest -----------------------------------------------------------------
+try:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+except ImportError:  # the helpers above are still tested
+    st = AppTest = None
+
+needs_uploader = pytest.mark.skipif(AppTest is not None and not hasattr(AppTest, "file_uploader"),
+                                    reason="this Streamlit's AppTest cannot drive st.file_uploader")
+
+
+@pytest.fixture
+def app(monkeypatch, tmp_path):
+    """``app(**env)`` → an AppTest of the UI with random MobileNetV3 weights and fresh caches."""
+    if AppTest is None:
+        pytest.skip("the web UI needs Streamlit (pip install 'xcam[ui]')")
+    for key in list(os.environ):
+        if key.startswith("XCAM_UI_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("XCAM_UI_RANDOM_WEIGHTS", "1")
+    monkeypatch.setenv("XCAM_UI_MODELS", "mobilenetv3")
+    monkeypatch.setenv("XCAM_CONFIG", str(tmp_path / "no-plugins.toml"))  # built-in defaults, not ./plugins.toml
+    (tmp_path / "no-plugins.toml").write_text("")
+    st.cache_resource.clear()
+    clear_classifier_cache()
+
+    def make(**env: str) -> AppTest:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return AppTest.from_file(str(APP), default_timeout=120)
+
+    yield make
+    st.cache_resource.clear()
+    clear_classifier_cache()
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not errors(at), errors(at)
+
+
+@needs_uploader
+def test_upload_runs_the_whole_chain(app):
+    at = app()
+    at.run()
+    assert_clean(at)
+    assert "Upload a chest X-ray" in at.info[0].value
+    at.file_uploader(key="upload").upload("phantom.png", png_bytes(), "image/png")
+    at.run()
+    assert_clean(at)
+    doc = at.session_state["xcam_document"]
+    assert doc["image"] == "phantom.png" and doc["image_size"] == {"width": 160, "height": 200}
+    (model,) = doc["models"]
+    assert model["model"] == "mobilenetv3" and len(model["predictions"]) == 14
+    assert all(0 <= p <= 1 for p in model["predictions"].values())
+    assert doc["pathology"] == max(model["predictions"], key=model["predictions"].get)
+    (finding,) = model["findings"]
+    assert finding["pathology"] == doc["pathology"] and finding["reason"] == "target"
+    box = finding["box"]
+    assert box is not None and 0 <= box["x"] < box["x2"] <= 160 and 0 <= box["y"] < box["y2"] <= 200
+    captions = [m.value for m in at.markdown]
+    assert any(c.startswith("Positive (≥ 0.5)") for c in captions)
+    captions = [c for image in at.image for c in image.captions]
+    assert "P0 overlay · " + doc["pathology"] + " · gradcam" in captions
+    assert any(c.startswith("mask · otsu · ") for c in captions) and "box · largest: predicted (green)" in captions
+    # the upload went into this session's private folder, which cleanup removes
+    folder = at.session_state["_xcam_session_folder"]
+    assert [p.name for p in (folder.path / "uploads").iterdir()] == ["phantom.png"]
+    folder.cleanup()
+    assert not folder.path.exists()
+
+
+@needs_uploader
+def test_dicom_upload_runs_the_chain(app, shared_data):
+    at = app()
+    at.run()
+    dicom = shared_data / "xrv-samples" / "Fake_MONOHR1.dcm"
+    at.file_uploader(key="upload").upload(dicom.name, dicom.read_bytes(), "application/dicom")
+    at.run()
+    assert_clean(at)
+    doc = at.session_state["xcam_document"]
+    assert doc["image"] == "Fake_MONOHR1.dcm" and doc["image_size"] == {"width": 1024, "height": 1024}
+    assert doc["models"][0]["findings"][0]["box"] is not None
+
+
+@needs_uploader
+def test_bad_and_oversized_uploads_show_one_line_errors(app):
+    at = app(XCAM_UI_MAX_UPLOAD_MB="0.004")  # about 4 KB
+    at.run()
+    at.file_uploader(key="upload").upload("bad.png", b"this is not an image", "image/png")
+    at.run()
+    assert not at.exception
+    assert errors(at) == ["Cannot read bad.png: not a readable image (unknown or corrupt format)"]
+    assert "xcam_document" not in at.session_state
+    at.file_uploader(key="upload").clear()
+    at.file_uploader(key="upload").upload("big.png", b"\0" * 8192, "image/png")
+    at.run()
+    assert not at.exception
+    assert errors(at) == ["Upload refused: big.png: file too large (8.0 KB); the limit is 4.1 KB"]
+
+
+@needs_uploader
+def test_models_are_built_once_and_ground_truth_gives_metrics(app, monkeypatch):
+    import xcam.core.inference as inference
+
+    calls: list[str | None] = []
+    original = inference.load_classifier
+    monkeypatch.setattr(inference, "load_classifier", lambda pm, name=None, *a, **k: calls.append(name) or original(pm, name, *a, **k))
+    at = app()
+    at.run()
+    at.file_uploader(key="upload").upload("phantom.png", png_bytes(), "image/png")
+    at.run()
+    at.selectbox(key="pathology").set_value("Effusion")
+    at.slider(key="alpha").set_value(0.8)
+    at.text_input(key="gt_text").input("Effusion,60,40,60,60")
+    at.run()
+    assert_clean(at)
+    assert calls == ["mobilenetv3"]  # three reruns, one build
+    doc = at.session_state["xcam_document"]
+    assert doc["ground_truth"] == [{"label": "Effusion", "box": [60.0, 40.0, 60.0, 60.0]}]
+    metrics = doc["models"][0]["findings"][0]["metrics"]
+    assert set(metrics) >= {"iou", "dice", "iobb", "pixel_accuracy", "pointing_game"} and 0 <= metrics["iou"] <= 1
+    assert len(at.dataframe) == 1
+    at.text_input(key="gt_text").input("Tumour,1,1,10,10").run()
+    assert not at.exception
+    assert len(errors(at)) == 1 and "unknown class 'Tumour'" in errors(at)[0]
+    at.text_input(key="gt_text").input("Effusion,1,1").run()
+    assert "malformed" in errors(at)[0]
+
+
+@pytest.fixture
+def third_party_plugin(tmp_path, monkeypatch):
+    """The example ``tinycnn`` plugin, installed the way pip would: an ``xcam`` entry point."""
+    site = tmp_path / "site"
+    dist = site / "xcam_tinycnn-0.2.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xcam-tinycnn\nVersion: 0.2.0\n")
+    (dist / "entry_points.txt").write_text("[xcam]\ntinycnn = xcam_tinycnn.plugin\n")
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN_SRC))
+    monkeypatch.syspath_prepend(str(site))
+    return "tinycnn"
+
+
+def test_folder_pick_switch_models_and_consolidate(app, shared_data, third_party_plugin):
+    at = app(XCAM_UI_IMAGES_DIR=str(shared_data / "xrv-samples"))
+    at.run()
+    assert "tinycnn" in at.multiselect(key="models").options  # a third-party model, no UI change
+    at.radio(key="source").set_value("Pick from folder").run()
+    at.selectbox(key="folder_image").set_value(shared_data / "xrv-samples" / "16747_3_1.jpg").run()
+    assert_clean(at)
+    assert at.session_state["xcam_document"]["image_size"] == {"width": 1036, "height": 885}
+    at.multiselect(key="models").select("tinycnn").run()
+    at.selectbox(key="pathology").set_value("Effusion")  # both models predict it
+    at.selectbox(key="ensembler").set_value("max").run()
+    assert_clean(at)
+    doc = at.session_state["xcam_document"]
+    assert [m["model"] for m in doc["models"]] == ["mobilenetv3", "tinycnn"]
+    assert set(doc["models"][1]["predictions"]) == {"Nodule", "Mass", "Effusion"}
+    assert [f["pathology"] for m in doc["models"] for f in m["findings"]] == ["Effusion", "Effusion"]
+    (consolidated,) = doc["consolidated"]
+    assert consolidated["ensembler"] == "max" and consolidated["models"] == ["mobilenetv3", "tinycnn"]
+    assert consolidated["box"]["x2"] <= 1036 and consolidated["box"]["y2"] <= 885
+    assert any(h.value == "Consolidated box (max of mobilenetv3, tinycnn)" for h in at.subheader)
+    at.selectbox(key="pathology").set_value("Hernia").run()  # tinycnn does not predict it
+    assert not at.exception
+    assert errors(at) == ["tinycnn does not predict 'Hernia'; its classes: Nodule, Mass, Effusion"]
+    at.multiselect(key="models").unselect("mobilenetv3").run()
+    assert_clean(at)
+    assert [m["model"] for m in at.session_state["xcam_document"]["models"]] == ["tinycnn"]
+
+
+def test_missing_weights_name_the_file_and_checkpoints_load(app, tmp_path):
+    import torch
+
+    from xcam.nets.mobilenet import MobileNetV3
+
+    torch.manual_seed(0)
+    labels = ("Effusion", "Mass", "Nodule")
+    net = MobileNetV3(labels=labels, arch="mobilenet_v3_small", input_size=96)
+    checkpoint = tmp_path / "runs" / "best.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"model_state": net.state_dict(), "labels": list(labels), "arch": "mobilenet_v3_small",
+                "img_size": 96}, checkpoint)
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    at = app(XCAM_UI_RANDOM_WEIGHTS="0", XCAM_WEIGHTS_DIR=str(weights_dir),
+             XCAM_UI_CHECKPOINTS=f"mobilenetv3={checkpoint}", XCAM_UI_IMAGES_DIR=str(tmp_path / "images"))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "phantom.png").write_bytes(png_bytes())
+    at.run()
+    at.radio(key="source").set_value("Pick from folder").run()
+    assert_clean(at)  # the weights that are present are picked first: the checkpoint
+    weights = at.selectbox(key="weights_mobilenetv3")
+    assert weights.value == str(checkpoint)
+    assert weights.options == ["mobilenetv3-nih (file missing)", f"checkpoint {checkpoint}"]
+    (model,) = at.session_state["xcam_document"]["models"]
+    assert model["weights"] == str(checkpoint) and set(model["predictions"]) == set(labels)
+    at.selectbox(key="weights_mobilenetv3").set_value("mobilenetv3-nih").run()
+    assert not at.exception
+    (message,) = errors(at)
+    assert message.startswith("mobilenetv3: weights file mobilenetv3-nih.pt not found")
+    assert f"place it at {weights_dir / 'mobilenetv3-nih.pt'}" in message
+    assert "Select at least one model whose weights are available." in [i.value for i in at.info]

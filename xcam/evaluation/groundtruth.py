@@ -1,0 +1,74 @@
+"""Ground truth in NIH's formats: ``BBox_List_2017.csv`` boxes and ``Data_Entry_2017.csv`` labels.
+
+Box lists have the header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` (x, y, w, h floats in
+original pixels). NIH spells ``Infiltrate`` there and ``Infiltration`` in Data_Entry: labels go
+through :func:`xcam.train.data.canonical_label`, so both spellings meet.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from xcam.core.errors import UsageError
+from xcam.train.data import canonical_label, split_findings
+
+
+@dataclass(frozen=True)
+class GroundTruthBox:
+    """One row of a box list; ``label`` in Data_Entry spelling, ``raw_label`` as written."""
+
+    image: str
+    label: str
+    x: float
+    y: float
+    width: float
+    height: float
+    raw_label: str = ""
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.x, self.y, self.width, self.height)
+
+
+def read_boxes(path: str | Path) -> list[GroundTruthBox]:
+    """Every usable row of a box list (rows with a non-finite or empty box raise one line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: box list not found")
+    out: list[GroundTruthBox] = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or len(rows[0]) < 2 or "Image" not in rows[0][0]:
+        raise UsageError(f"{path}: not a BBox_List_2017.csv (header 'Image Index,Finding Label,Bbox [x,y,w,h],,,')")
+    for n, row in enumerate(rows[1:], start=2):
+        if not row or not row[0].strip():
+            continue
+        if len(row) < 6:
+            raise UsageError(f"{path}:{n}: expected 'image,label,x,y,w,h', got {','.join(row)!r}")
+        try:
+            x, y, w, h = (float(v) for v in row[2:6])
+        except ValueError:
+            raise UsageError(f"{path}:{n}: box {row[2:6]} is not four numbers") from None
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+            raise UsageError(f"{path}:{n}: box {row[2:6]} must be finite with width and height > 0")
+        raw = row[1].strip()
+        out.append(GroundTruthBox(row[0].strip(), canonical_label(raw), x, y, w, h, raw))
+    if not out:
+        raise UsageError(f"{path}: no boxes")
+    return out
+
+
+def read_image_labels(path: str | Path) -> dict[str, set[str]]:
+    """``{image name: {labels}}`` from a Data_Entry csv (``No Finding`` → empty set)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: label csv not found")
+    df = pd.read_csv(path, index_col=False)
+    if "Image Index" not in df.columns or "Finding Labels" not in df.columns:
+        raise UsageError(f"{path}: columns 'Image Index' and 'Finding Labels' expected (NIH Data_Entry_2017.csv)")
+    return {str(n): set(split_findings(t)) for n, t in zip(df["Image Index"], df["Finding Labels"])}

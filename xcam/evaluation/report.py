@@ -1,0 +1,180 @@
+"""Report files of an evaluation: ``results.json``, ``results.md``, ``per_box.csv``,
+``accuracy_vs_threshold.png`` and ``montage.png`` (best and worst boxes, ground truth green,
+prediction red, CAM overlaid)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from xcam.core import metrics as M
+
+CAM_T_IOBB, CAM_T_IOU = "0.25", "0.1"
+
+
+def _f(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def full_table(summary: Mapping[str, Any]) -> str:
+    """Wang et al.'s table: T(IoBB), T(IoU), AFP, pointing, mIoU, AUC per class and the mean."""
+    tb = [str(t) for t in M.IOBB_THRESHOLDS]
+    tu = [str(t) for t in M.IOU_THRESHOLDS]
+    head = (["class", "boxes"] + [f"IoBB>{t}" for t in tb] + [f"IoU>{t}" for t in tu]
+            + ["AFP@IoBB0.25", "pointing", "mIoU", "AUC"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = list(summary["classes"].items()) + [("**mean**", summary["mean"])]
+    for name, r in rows:
+        if not r:
+            continue
+        cells = [name, str(r["n_boxes"])] + [_f(r["iobb"][t]) for t in tb] + [_f(r["iou"][t]) for t in tu]
+        cells += [_f(r["afp"]["0.25"]), _f(r["pointing"]), _f(r["miou"]), _f(r.get("auc"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def baseline_table(summary: Mapping[str, Any]) -> str:
+    """CAM beside both baselines on the headline numbers (CAM / lung field / centre box)."""
+    head = ["class", "pointing (CAM / lung / centre)", f"T(IoBB>{CAM_T_IOBB})", f"T(IoU>{CAM_T_IOU})", "mIoU"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    bl = summary["baselines"]
+    names = list(summary["classes"]) + ["mean"]
+    for name in names:
+        cam = summary["mean"] if name == "mean" else summary["classes"][name]
+        lung = bl["lung_field"]["mean"] if name == "mean" else bl["lung_field"]["classes"][name]
+        centre = bl["centre"]["mean"] if name == "mean" else bl["centre"]["classes"][name]
+        if not cam:
+            continue
+
+        def trio(get) -> str:
+            return " / ".join(_f(get(x)) for x in (cam, lung, centre))
+
+        label = f"**{name}**" if name == "mean" else name
+        lines.append("| " + " | ".join([
+            label, trio(lambda r: r["pointing"]), trio(lambda r: r["iobb"][CAM_T_IOBB]),
+            trio(lambda r: r["iou"][CAM_T_IOU]), trio(lambda r: r["miou"]),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    models = ", ".join(f"{m['name']} ({m['weights']}, layer {m['cam_layer']})" for m in summary.get("models", []))
+    layers = config.get("cam_layers")
+    parts = [
+        "# Localization evaluation (Wang et al. 2017 protocol)", "",
+        f"Models: {models}. CAM: `{config['method']}`"
+        + (f" fused over layers {', '.join(layers)}" if layers else "")
+        + f"; mask `{config['mask']}`; boxes `{config['strategy']}`; ensembler `{config['ensembler']}`.",
+        f"Box list: `{config['bbox_csv']}`; images found: {summary['images']['found']} of "
+        f"{summary['images']['with_boxes']}.", "",
+        "## CAM beside the baselines", "",
+        "Each cell: CAM / whole-lung-field box / centre box of the class's mean size.", "",
+        baseline_table(summary), "",
+        "## Full table", "", full_table(summary), "",
+    ]
+    if summary.get("skipped"):
+        parts += [f"Not evaluated (no model predicts the class): {summary['skipped']}", ""]
+    return "\n".join(parts)
+
+
+def plot_accuracy(summary: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, ts in ((axes[0], "iobb", M.IOBB_THRESHOLDS), (axes[1], "iou", M.IOU_THRESHOLDS)):
+        for name, r in summary["classes"].items():
+            ax.plot(ts, [r[key][str(t)] for t in ts], "o-", lw=1, ms=3, label=name)
+        if summary["mean"]:
+            ax.plot(ts, [summary["mean"][key][str(t)] for t in ts], "k-", lw=2.5, label="mean (CAM)")
+        for bname, style in (("lung_field", "k:"), ("centre", "k--")):
+            mean = summary["baselines"][bname]["mean"]
+            if mean:
+                ax.plot(ts, [mean[key][str(t)] for t in ts], style, lw=1.5, label=f"mean ({bname} baseline)")
+        ax.set_xlabel(f"T({'IoBB' if key == 'iobb' else 'IoU'})")
+        ax.set_ylabel("localization accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _tile(record: Any, cam: Any, image: Any, size: int = 256) -> Any:
+    import cv2
+
+    from xcam.core.render import GREEN, RED, draw_boxes, overlay
+
+    items = [(record.gt, GREEN, "GT")]
+    if record.preds:
+        items.append((record.preds[0][:4], RED, "CAM"))
+    art = draw_boxes(overlay(image.to_uint8(), cam, 0.35), items)
+    art = cv2.resize(art, (size, round(size * image.height / image.width)), interpolation=cv2.INTER_AREA)
+    text = f"{record.label[:14]} IoU {record.iou:.2f}"
+    cv2.putText(art, text, (4, art.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return art
+
+
+def montage(records: Sequence[Any], models: Sequence[Any], settings: Any, paths: Mapping[str, Path],
+            out: Path, k: int = 4) -> Path | None:
+    """Best ``k`` and worst ``k`` boxes by IoU (then IoBB), one row each."""
+    import numpy as np
+
+    from xcam.core.imageio import load_image
+    from xcam.core.render import write_png
+    from xcam.evaluation.cams import ensemble_cams
+
+    done = [r for r in records if r.evaluated and r.image in paths]
+    if not done or k <= 0:
+        return None
+    ranked = sorted(done, key=lambda r: (r.iou, r.iobb, r.hit))
+    worst, best = ranked[:k], ranked[::-1][:k]
+    rows = []
+    for group in (best, worst):
+        tiles = []
+        for r in group:
+            image = load_image(paths[r.image])
+            cam = ensemble_cams(models, image, [r.label], settings).get(r.label)
+            tiles.append(_tile(r, cam, image))
+        h = max(t.shape[0] for t in tiles)
+        tiles = [np.pad(t, ((0, h - t.shape[0]), (0, 0), (0, 0))) for t in tiles]
+        tiles += [np.zeros_like(tiles[0])] * (k - len(tiles))
+        rows.append(np.hstack(tiles))
+    return write_png(out, np.vstack(rows))
+
+
+def write_report(result: Any, models: Sequence[Any], settings: Any) -> dict[str, Path]:
+    from xcam.evaluation.run import config_dict, find_images
+
+    out = Path(result.config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config_dict(result.config)
+    files = {"json": out / "results.json", "markdown": out / "results.md", "per_box": out / "per_box.csv",
+             "plot": out / "accuracy_vs_threshold.png"}
+    payload = {"config": config, "summary": result.summary, "records": [r.as_dict() for r in result.records]}
+    files["json"].write_text(json.dumps(payload, indent=1, default=lambda o: None))
+    files["markdown"].write_text(markdown(result.summary, config))
+    with open(files["per_box"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", "x", "y", "w", "h", "evaluated", "pred_x", "pred_y", "pred_w", "pred_h",
+                    "n_preds", "iobb", "iou", "pointing_hit", "lung_iobb", "lung_iou", "centre_iobb", "centre_iou"])
+        for r in result.records:
+            top = r.preds[0][:4] if r.preds else ("", "", "", "")
+            lung, centre = r.baseline_scores("lung_field"), r.baseline_scores("centre")
+            w.writerow([r.image, r.label, *r.gt, r.evaluated, *top, len(r.preds), f"{r.iobb:.4f}", f"{r.iou:.4f}",
+                        int(r.hit), f"{lung['iobb']:.4f}", f"{lung['iou']:.4f}", f"{centre['iobb']:.4f}",
+                        f"{centre['iou']:.4f}"])
+    plot_accuracy(result.summary, files["plot"])
+    paths = find_images(result.config.imgpath, sorted({r.image for r in result.records}))
+    m = montage(result.records, models, settings, paths, out / "montage.png", result.config.montage)
+    if m is not None:
+        files["montage"] = m
+    return files

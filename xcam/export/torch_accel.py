@@ -1,0 +1,81 @@
+"""Opt-in speed-ups for the PyTorch backend on CUDA: autocast (fp16/bf16), channels_last and
+``torch.compile`` (``mode="reduce-overhead"`` uses CUDA graphs).
+
+None of these is on by default: they could not be measured on the project's CPU-only machines.
+``benchmarks/gpu_check.sh`` measures them (``--backends torch,torch-amp,torch-compile``) and
+``tests/test_gpu.py`` checks that autocast keeps probabilities and CAMs within tolerance of FP32.
+Logits are always returned and calibrated in float32.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from xcam.core.inference import TorchClassifier
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xcam.core.model import XCamModel
+
+AMP_DTYPES = ("fp16", "bf16")
+
+
+class AcceleratedTorchClassifier(TorchClassifier):
+    """A :class:`TorchClassifier` with autocast, channels_last and optional ``torch.compile``.
+
+    ``backend`` names what is on, e.g. ``torch:cuda+fp16+channels_last``.
+    """
+
+    def __init__(self, model: XCamModel, device: str = "cuda", amp: str | None = "fp16",
+                 channels_last: bool = True, compile_mode: str | None = None) -> None:
+        import torch
+
+        super().__init__(model, device)
+        if amp is not None and amp not in AMP_DTYPES:
+            raise ValueError(f"unknown amp dtype {amp!r}; valid: {', '.join(AMP_DTYPES)}")
+        self.amp = amp
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model, mode=compile_mode) if compile_mode else self.model
+        parts = [f"torch:{device}"] + ([amp] if amp else []) + (["channels_last"] if channels_last else [])
+        parts += [f"compile-{compile_mode}"] if compile_mode else []
+        self.backend = "+".join(parts)
+
+    def _run(self, batch: np.ndarray, calibrated: bool) -> np.ndarray:
+        import torch
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.amp or "")
+        device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+                out = self._forward(x)
+            out = out.float()
+            if calibrated:
+                out = self.model.calibrate(out)
+            return out.cpu().numpy()
+
+    def all_class_cams(self, batch: np.ndarray) -> np.ndarray | None:
+        """Normalized all-class Grad-CAM ``[B, C, h, w]`` (einsum in float32 on autocast features)."""
+        import torch
+
+        from xcam.export.fast_cam import normalize_cams, raw_cams
+
+        head = self.model.gap_linear_head()
+        if head is None:
+            return None
+        features, linear = head
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.amp or "")
+        device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+                a = features(x)
+            cams = raw_cams(a.float(), linear.weight.float())
+        return normalize_cams(cams.cpu().numpy())

@@ -1,0 +1,96 @@
+"""The single-machine streaming engine.
+
+A pool (threads by default: OpenCV and NumPy release the GIL while decoding and resizing)
+decodes and preprocesses ahead of the model through a bounded, order-keeping queue of futures;
+the calling thread runs inference batch by batch and writes each batch durably before the next.
+At most ``max_inflight`` inputs are held at once, however many inputs stream in.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import multiprocessing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from xcam.score.schema import OK, Row
+from xcam.score.scorer import Prepared, Shape, prepare
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xcam.score.scorer import Scorer
+
+POOLS = ("thread", "process")
+
+
+@dataclass
+class EngineStats:
+    """Counts of one engine run (``peak_inflight``: most inputs held at once)."""
+
+    ok: int = 0
+    failed: int = 0
+    batches: int = 0
+    peak_inflight: int = 0
+
+
+def make_pool(kind: str, workers: int) -> cf.Executor:
+    if kind == "process":
+        # forkserver: never fork a process that already runs torch/OpenMP threads
+        return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    if kind != "thread":
+        raise ValueError(f"unknown pool {kind!r}; use one of {POOLS}")
+    return cf.ThreadPoolExecutor(workers, thread_name_prefix="xcam-decode")
+
+
+def prepared_stream(
+    paths: Iterator[str], shapes: Sequence[Shape], pool: cf.Executor, max_inflight: int, stats: EngineStats
+) -> Iterator[Prepared]:
+    """Prepared inputs in input order, never more than ``max_inflight`` submitted and not yet taken."""
+    queue: collections.deque[cf.Future[Prepared]] = collections.deque()
+    exhausted = False
+    while True:
+        while not exhausted and len(queue) < max_inflight:
+            path = next(paths, None)
+            if path is None:
+                exhausted = True
+                break
+            queue.append(pool.submit(prepare, path, tuple(shapes)))
+        stats.peak_inflight = max(stats.peak_inflight, len(queue))
+        if not queue:
+            return
+        yield queue.popleft().result()
+
+
+def run_local(
+    paths: Iterator[str],
+    scorer: "Scorer",
+    write: Callable[[Sequence[Row]], None],
+    *,
+    batch_size: int = 16,
+    workers: int = 2,
+    pool: str = "thread",
+    max_inflight: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> EngineStats:
+    """Score every path: decode ahead in ``pool``, infer in batches, ``write`` each batch."""
+    stats = EngineStats()
+    inflight = max_inflight or 2 * batch_size + 2 * workers
+    with make_pool(pool, workers) as executor:
+        batch: list[Prepared] = []
+        stream = prepared_stream(paths, scorer.shapes, executor, inflight, stats)
+        while True:
+            item = next(stream, None)
+            if item is not None:
+                batch.append(item)
+            if batch and (item is None or len(batch) >= batch_size):
+                rows = scorer.score(batch)
+                write(rows)
+                ok = sum(1 for r in rows if r["status"] == OK)
+                stats.ok += ok
+                stats.failed += len(rows) - ok
+                stats.batches += 1
+                if on_batch is not None:
+                    on_batch(ok, len(rows) - ok)
+                batch = []
+            if item is None:
+                return stats

@@ -1,0 +1,354 @@
+"""The training loop behind ``xcam train``: multi-label BCE, patient-wise validation, resumable.
+
+* Every epoch ends with ``last.pt`` (and ``best.pt`` when validation macro AUC improved) written
+  atomically, then a row in ``performance.csv`` and the curves in ``performance.png``. A run that
+  is interrupted (Ctrl-C, kill) loses at most the epoch in progress; running the same command again
+  resumes from ``last.pt``.
+* Deterministic given ``seed``: each epoch reseeds torch's global RNG, the shuffling generator and
+  the augmentation generator from ``(seed, epoch)``, so ``1 epoch + resume to 2`` gives the same
+  weights as ``2 epochs`` straight (the RNG state is saved as well, for inspection).
+* Validation runs in eval mode (BatchNorm running statistics): see DESIGN.md "Training on a CPU".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from xcam.core.errors import UsageError, XcamError
+from xcam.train import checkpoint as ckpt
+from xcam.train.data import XrayDataset, cache_fits, patient_split, read_label_table
+
+DEFAULT_CAM_LAYERS: dict[str, str] = {
+    # the last block of the stride-16 stage (14×14 at 224 px): see docs/training.md "CAM layer"
+    "mobilenet_v3_small": "net.features.8",
+    "mobilenet_v3_large": "net.features.12",
+}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (what ``xcam train`` exposes)."""
+
+    imgpath: str
+    csvpath: str
+    out: str = "weights/train_weight_mobilenet"
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-3
+    img_size: int = 224
+    arch: str = "mobilenet_v3_large"
+    pretrained: bool = False
+    workers: int = 0
+    seed: int = 0
+    val_fraction: float = 0.2
+    labels: list[str] | None = None
+    cam_layer: str | None = None
+    weight_decay: float = 1e-4
+    augment: bool = True
+    schedule: str = "cosine"  # cosine (with 1 warm-up epoch) | onecycle | constant
+    pos_weight: str = "none"  # none | sqrt: BCE positive weight sqrt(#neg / #pos) per class (rare classes learn sooner)
+    resume: bool = True
+    cache: bool | None = None  # None: cache decoded inputs in memory when they fit
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_epoch: int
+    best_val_auc: float
+    last_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+
+# -- pieces ------------------------------------------------------------------------------------
+def auc_scores(targets: np.ndarray, scores: np.ndarray, labels: Sequence[str]) -> tuple[float, dict[str, float]]:
+    """Per-class ROC AUC (scikit-learn) and their macro mean; a class with one outcome only is NaN."""
+    from sklearn.metrics import roc_auc_score
+
+    per: dict[str, float] = {}
+    for j, label in enumerate(labels):
+        y = targets[:, j]
+        per[label] = float(roc_auc_score(y, scores[:, j])) if 0 < y.sum() < len(y) else math.nan
+    valid = [v for v in per.values() if not math.isnan(v)]
+    return (float(np.mean(valid)) if valid else math.nan), per
+
+
+def build_model(config: TrainConfig, labels: Sequence[str]) -> nn.Module:
+    """The MobileNetV3 to train; ``--pretrained`` without a cached download fails in one line."""
+    from xcam.nets.mobilenet import ARCHS, MobileNetV3
+
+    if config.arch not in ARCHS:
+        raise UsageError(f"unknown --arch {config.arch!r}; valid: {', '.join(ARCHS)}")
+    cam_layer = config.cam_layer or DEFAULT_CAM_LAYERS[config.arch]
+    try:
+        # torch.hub prints "Downloading: ..." to stdout; the outcome is reported below in one line
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = MobileNetV3(labels, config.arch, config.img_size, "xrv", cam_layer, pretrained=config.pretrained)
+    except Exception as exc:
+        if not config.pretrained:
+            raise
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise XcamError(
+            f"--pretrained needs torchvision's ImageNet weights for {config.arch}, which could not be loaded "
+            f"({type(exc).__name__}: {reason}); train from scratch with --no-pretrained, or put the file in "
+            f"$TORCH_HOME/hub/checkpoints on a machine with network access"
+        ) from None
+    try:
+        model.get_submodule(cam_layer)
+    except AttributeError:
+        raise UsageError(f"--cam-layer {cam_layer!r} is not a module of {config.arch}") from None
+    return model
+
+
+def lr_lambda(schedule: str, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at optimizer step ``s`` (a pure function of the step, so it resumes)."""
+    total = max(steps_per_epoch * epochs, 1)
+    warm = min(steps_per_epoch, total // 4) if schedule == "cosine" else 0
+
+    def cosine(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min((step - warm) / max(total - warm, 1), 1.0)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+
+    def onecycle(step: int) -> float:  # 30 % up from lr/25, then cosine down to lr/1e4
+        up = max(int(0.3 * total), 1)
+        if step < up:
+            return 0.04 + 0.96 * 0.5 * (1 - math.cos(math.pi * step / up))
+        t = min((step - up) / max(total - up, 1), 1.0)
+        return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * t))
+
+    table = {"cosine": cosine, "onecycle": onecycle, "constant": lambda step: 1.0}
+    if schedule not in table:
+        raise UsageError(f"unknown schedule {schedule!r}; valid: {', '.join(table)}")
+    return table[schedule]
+
+
+def positive_weights(targets: np.ndarray, rule: str) -> torch.Tensor | None:
+    """BCE ``pos_weight`` per class: ``none`` or ``sqrt`` = √(#negatives / #positives), clipped to [1, 10]."""
+    if rule == "none":
+        return None
+    if rule != "sqrt":
+        raise UsageError(f"unknown pos-weight rule {rule!r}; valid: none, sqrt")
+    pos = targets.sum(axis=0)
+    ratio = (len(targets) - pos) / np.maximum(pos, 1.0)
+    return torch.tensor(np.clip(np.sqrt(ratio), 1.0, 10.0), dtype=torch.float32)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, scale: float = 0.1, shift: float = 0.08,
+                  degrees: float = 5.0) -> torch.Tensor:
+    """Random affine per image (zoom ±scale, shift ±shift of the width, rotation ±degrees), border padding."""
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    u = torch.rand(b, 4, generator=generator) * 2 - 1
+    s = 1.0 + scale * u[:, 0]
+    a = math.radians(degrees) * u[:, 1]
+    cos, sin = torch.cos(a) / s, torch.sin(a) / s
+    theta = torch.stack([
+        torch.stack([cos, -sin, 2 * shift * u[:, 2]], 1),
+        torch.stack([sin, cos, 2 * shift * u[:, 3]], 1),
+    ], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader, loss_fn: nn.Module) -> tuple[float, np.ndarray, np.ndarray]:
+    """Eval-mode loss, targets and sigmoid scores over a loader."""
+    model.eval()
+    losses, ys, ps = [], [], []
+    for x, y in loader:
+        logits = model(x)
+        losses.append(float(loss_fn(logits, y)) * len(x))
+        ys.append(y.numpy())
+        ps.append(torch.sigmoid(logits).numpy())
+    n = sum(len(y) for y in ys)
+    return sum(losses) / max(n, 1), np.concatenate(ys), np.concatenate(ps)
+
+
+# -- performance.csv -------------------------------------------------------------------------------
+def performance_columns(labels: Sequence[str]) -> list[str]:
+    return ["epoch", "train_loss", "val_loss", "train_auc", "val_auc", *[f"val_auc_{c}" for c in labels], "lr", "seconds"]
+
+
+def write_performance(rows: Sequence[dict[str, Any]], out: Path, labels: Sequence[str]) -> None:
+    """Rewrite ``performance.csv`` (atomically) and ``performance.png`` from the history rows."""
+    from xcam.train.plots import plot_performance
+
+    path = out / "performance.csv"
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=performance_columns(labels))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    tmp.replace(path)
+    plot_performance(rows, out / "performance.png", labels)
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+def _compatible(saved: dict[str, Any], config: TrainConfig, labels: Sequence[str], path: Path) -> None:
+    for key, now in (("arch", config.arch), ("img_size", config.img_size), ("labels", list(labels))):
+        if saved.get(key) != now:
+            raise UsageError(
+                f"{path} was trained with {key}={saved.get(key)!r}, not {now!r}: use the same settings "
+                f"to resume, another --out, or --no-resume to start over"
+            )
+
+
+def train(config: TrainConfig, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train (or resume) and return where the best checkpoint is. ``on_epoch_end(epoch, row)`` runs
+    after each epoch has been saved (tests use it to simulate an interruption)."""
+    if config.epochs < 1 or config.batch_size < 1 or config.img_size < 32:
+        raise UsageError("--epochs and --batch-size must be ≥ 1 and --img-size ≥ 32")
+    out = Path(config.out)
+    table = read_label_table(config.csvpath, config.imgpath, config.labels)
+    labels = table.labels
+    _seed_everything(config.seed)
+    model = build_model(config, labels)  # fails fast on --pretrained without network
+    train_idx, val_idx = patient_split(table.patients, config.val_fraction, config.seed)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise UsageError("the patient-wise split left one side empty: use more images or another --val-fraction")
+    cache = cache_fits(len(table), config.img_size) if config.cache is None else config.cache
+    train_set = XrayDataset(table.subset(train_idx), config.img_size, "xrv", cache)
+    val_set = XrayDataset(table.subset(val_idx), config.img_size, "xrv", cache)
+    log(f"{len(table)} images ({table.missing} listed but missing), {len(np.unique(table.patients))} patients → "
+        f"{len(train_set)} train / {len(val_set)} validation images, labels: {', '.join(labels)}")
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _run(config, model, table, train_set, val_set, out, cache, on_epoch_end, log)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, val_set: XrayDataset, out: Path,
+         cache: bool, on_epoch_end, log) -> TrainResult:
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    labels = table.labels
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.schedule, steps_per_epoch, config.epochs))
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=positive_weights(train_set.table.targets, config.pos_weight))
+    history: list[dict[str, Any]] = []
+    start, best_auc, best_epoch = 1, -math.inf, 0
+
+    last_path = out / "last.pt"
+    if config.resume and last_path.is_file():
+        saved = ckpt.load(last_path)
+        _compatible(saved, config, labels, last_path)
+        model.load_state_dict(saved["model_state"])
+        optimizer.load_state_dict(saved["optimizer_state"])
+        scheduler.load_state_dict(saved["scheduler_state"])
+        ckpt.set_rng_state(saved["rng"])
+        history = list(saved.get("history", []))
+        start = int(saved["epoch"]) + 1
+        best_auc, best_epoch = float(saved.get("best_val_auc", -math.inf)), int(saved.get("best_epoch", 0))
+        log(f"resuming from {last_path} (epoch {start - 1} done)")
+        if start > config.epochs:
+            log(f"already trained to epoch {start - 1} (--epochs {config.epochs}); best: {out / 'best.pt'}")
+            return TrainResult(out, best_epoch, best_auc, start - 1, history)
+    out.mkdir(parents=True, exist_ok=True)
+    if cache and start <= config.epochs:
+        train_set.preload(config.progress, "decode train")
+        val_set.preload(config.progress, "decode val")
+
+    val_loader = DataLoader(val_set, batch_size=max(config.batch_size, 32), shuffle=False, num_workers=config.workers)
+    for epoch in range(start, config.epochs + 1):
+        t0 = time.perf_counter()
+        epoch_seed = config.seed * 100_003 + epoch
+        torch.manual_seed(epoch_seed)
+        np.random.seed(epoch_seed % 2**32)
+        shuffle = torch.Generator().manual_seed(epoch_seed)
+        aug = torch.Generator().manual_seed(epoch_seed + 1)
+        loader = DataLoader(
+            train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle, drop_last=False,
+            num_workers=config.workers, worker_init_fn=_worker_init if config.workers else None,
+            persistent_workers=False,
+        )
+        model.train()
+        total, seen, ys, ps = 0.0, 0, [], []
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False)
+        for x, y in bar:
+            if config.augment:
+                x = augment_batch(x, aug)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(x)
+            seen += len(x)
+            ys.append(y.numpy())
+            ps.append(torch.sigmoid(logits.detach()).numpy())
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        train_auc, _ = auc_scores(np.concatenate(ys), np.concatenate(ps), labels)
+        val_loss, vy, vp = evaluate_loader(model, val_loader, loss_fn)
+        val_auc, per_class = auc_scores(vy, vp, labels)
+        row: dict[str, Any] = {
+            "epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
+            "train_auc": train_auc, "val_auc": val_auc,
+            **{f"val_auc_{c}": v for c, v in per_class.items()},
+            "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        score = val_auc if not math.isnan(val_auc) else -val_loss
+        improved = score > best_auc
+        if improved:
+            best_auc, best_epoch = score, epoch
+        state = dict(model.checkpoint_object())  # model_state, labels, arch, img_size, preprocessing, cam_layer
+        state.update({
+            "format": FORMAT_VERSION_TAG, "epoch": epoch, "metrics": row, "history": history,
+            "best_val_auc": best_auc, "best_epoch": best_epoch,
+            "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+            "rng": ckpt.rng_state(), "config": asdict(config),
+        })
+        ckpt.save_atomic(state, last_path)
+        ckpt.trust(last_path)
+        if improved:
+            ckpt.save_atomic(state, out / "best.pt")
+            ckpt.trust(out / "best.pt")
+        write_performance(history, out, labels)
+        log(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+            f"val macro AUC {val_auc:.4f}{' (best)' if improved else ''}, {row['seconds']:.1f} s")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+    return TrainResult(out, best_epoch, best_auc, config.epochs, history)
+
+
+FORMAT_VERSION_TAG = f"xcam-train-{ckpt.FORMAT_VERSION}"

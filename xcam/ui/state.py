@@ -1,0 +1,129 @@
+"""Streamlit-side state: cached plugin manager and models, the session's temporary folder.
+
+Models are built once per process and weight choice (``st.cache_resource``), so every session
+and every rerun reuses them; the plugin manager is cached per config file.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+import streamlit as st
+
+from xcam.ui.settings import UiSettings
+from xcam.ui.uploads import SessionFolder
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xcam.core.inference import Classifier
+    from xcam.core.manager import XcamPluginManager
+    from xcam.core.types import ClassifierRegistration
+    from xcam.core.weights import WeightsStore
+
+T = TypeVar("T")
+
+
+@st.cache_resource(show_spinner=False)
+def plugin_manager(config: str | None) -> "XcamPluginManager":
+    """The plugin manager (built-ins, entry points, ``plugins.toml``): third-party models appear here."""
+    from xcam.core.config import load_config
+    from xcam.core.manager import get_plugin_manager
+
+    return get_plugin_manager(load_config(config))
+
+
+@st.cache_resource(show_spinner=False, max_entries=12)
+def classifier(config: str | None, model: str, variant: str, weights_dir: str | None, random_init: bool,
+               device: str) -> "Classifier":
+    """A built classifier (PyTorch, as CAMs need), through the pipeline's process-wide model cache
+    so that :class:`~xcam.core.pipeline.Pipeline` finds the same object; raises :class:`XcamError`."""
+    from xcam.core.pipeline import get_classifier
+
+    return get_classifier(plugin_manager(config), model, variant, backend="torch", device=device,
+                          store=store(weights_dir), random_init=random_init)
+
+
+@st.cache_resource(show_spinner=False)
+def model_lock() -> threading.Lock:
+    """One lock for running models: sessions are threads, and CAM methods hook into the shared
+    model objects, so two sessions must not run a CAM on one model at the same time."""
+    return threading.Lock()
+
+
+def store(weights_dir: str | None) -> "WeightsStore":
+    from xcam.core.weights import WeightsStore
+
+    return WeightsStore.from_env(weights_dir)
+
+
+def device(name: str) -> str:
+    """``auto`` → ``cuda`` when available; a requested but missing CUDA device is an error."""
+    from xcam.commands._common import resolve_device
+
+    return resolve_device(name)
+
+
+def settings() -> UiSettings:
+    return UiSettings.from_env()
+
+
+def config_key(s: UiSettings) -> str | None:
+    return str(s.config) if s.config else None
+
+
+def session_folder() -> SessionFolder:
+    """This session's private temporary folder (made on first use, deleted with the session)."""
+    folder = st.session_state.get("_xcam_session_folder")
+    if folder is None or not folder.alive:
+        folder = SessionFolder()
+        st.session_state["_xcam_session_folder"] = folder
+    return folder
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """One weight choice offered for a model: a registered variant or a checkpoint path."""
+
+    value: str  # passed to ``load_classifier`` as the variant
+    label: str  # shown in the selectbox
+    present: bool
+
+
+def variant_choices(registration: "ClassifierRegistration", s: UiSettings, preferred: str | None = None) -> list[VariantChoice]:
+    """The model's registered variants (``preferred``, else the default, first; marked present or
+    missing) and the checkpoints given for it on the command line."""
+    from xcam.core.errors import XcamError
+    from xcam.core.weights import WeightsStore
+
+    files = WeightsStore.from_env(s.weights_dir)
+    choices: list[VariantChoice] = []
+    try:
+        default = registration.variant(preferred).name
+    except XcamError:
+        default = registration.default.name
+    ordered = sorted(registration.variants, key=lambda v: v.name != default)
+    for v in ordered:
+        present = files.find(v) is not None
+        mark = "random weights" if s.random_weights else ("✓ file present" if present else "file missing")
+        choices.append(VariantChoice(v.name, f"{v.name} ({mark})", present or s.random_weights))
+    for path in [] if s.random_weights else s.checkpoints_for(registration.name):
+        choices.append(VariantChoice(path, f"checkpoint {path}", True))
+    return choices
+
+
+MEMO_SIZE = 16  # full-resolution CAMs and masks: a few MB per model and pathology
+
+
+def memo(key: tuple, compute: Callable[[], T]) -> T:
+    """Per-session memo (least recently used out): reruns reuse CAMs, masks and predictions."""
+    table: OrderedDict = st.session_state.setdefault("_xcam_memo", OrderedDict())
+    if key in table:
+        table.move_to_end(key)
+        return table[key]
+    value = compute()
+    table[key] = value
+    while len(table) > MEMO_SIZE:
+        table.popitem(last=False)
+    return value
