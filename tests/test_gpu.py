@@ -87,7 +87,7 @@ def _tiny(tmp_path):
     torch.manual_seed(0)
     model = MobileNetV3(arch="mobilenet_v3_small", input_size=32).eval()
     model.name, model.variant = "mobilenetv3", "tiny"
-    return export_model(model, tmp_path / "tiny.onnx").path
+    return export_model(model, tmp_path / "tiny.onnx", exporter="legacy").path
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,24 @@ def test_cuda_session_failure_falls_back_with_one_line(monkeypatch, tiny_onnx, c
     err = capfd.readouterr().err.strip()
     assert clf.backend == f"onnx:{CPU}"
     assert err.count("\n") == 0 and "libcudnn" in err
+
+
+def test_silent_onnxruntime_fallback_is_reported(monkeypatch, tiny_onnx, capfd):
+    """onnxruntime may drop a provider it cannot initialise with only a log warning: say so."""
+    import onnxruntime as ort
+
+    from xcam.export.runtime import OnnxClassifier
+
+    real = ort.InferenceSession
+
+    def session(path, options, providers):
+        return real(path, options, providers=[p for p in providers if p[0] == CPU])
+
+    monkeypatch.setattr(prov, "available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    clf = OnnxClassifier.from_path(tiny_onnx, device="cuda")
+    err = capfd.readouterr().err.strip()
+    assert clf.backend == f"onnx:{CPU}" and err.count("\n") == 0 and CUDA in err
 
 
 def test_io_binding_path_on_gpu_providers(monkeypatch, tiny_onnx):

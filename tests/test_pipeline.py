@@ -197,7 +197,7 @@ def test_files_and_metadata_merge_across_two_runs(pm, hotspot, image_path, tmp_p
         "Mass": "densenet121_Mass_cam.npy", "Lung Opacity": "densenet121_Lung Opacity_cam.npy"}
     assert meta["models"]["mobilenetv3"]["method"] == "hotspot"
     assert len(meta["models"]["densenet121"]["predictions"]) == 18
-    image, entries = collect_models([folder / "metadata.json"])  # the ensemble command reads it
+    _, entries = collect_models([folder / "metadata.json"])  # the ensemble command reads it
     assert {e.name for e in entries} == {"mobilenetv3", "densenet121"}
     assert entries[0].cam_path("mass").is_file()
 
@@ -265,7 +265,7 @@ def test_read_bbox_csv(tmp_path):
 @pytest.mark.skipif(not (NIH / "BBox_List_2017_subset.csv").is_file(), reason=f"real NIH test data not found at {NIH}")
 def test_real_nih_image_with_ground_truth(pm, tmp_path):
     table = read_bbox_csv(NIH / "BBox_List_2017_subset.csv")
-    name = sorted(table)[0]
+    name = min(table)
     pipe = Pipeline(pm, ["densenet121"], AnalysisSettings(method="gradcam", top_k=1, threshold=0.0), random_init=True)
     analysis = pipe.analyze(NIH / "images" / name, table[name])
     result = analysis.results[0]

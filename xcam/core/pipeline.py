@@ -653,9 +653,9 @@ def merge_metadata(path: Path, analysis: ImageAnalysis, cam_files: Mapping[tuple
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             data = {}
-        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-            data = {}
-        elif data.get("image") and Path(str(data["image"])).name != Path(analysis.image.path).name:
+        other_image = isinstance(data, dict) and data.get("image") and \
+            Path(str(data["image"])).name != Path(analysis.image.path).name
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict) or other_image:
             data = {}
     image = analysis.image
     data.update({

@@ -79,8 +79,11 @@ class OnnxClassifier:
                 specs = specs[1:]
         if session is None:
             raise XcamError(f"{path}: cannot open with ONNX Runtime ({'; '.join(errors)})")
+        used = session.get_providers()[0]
         if errors:
-            prov.report(f"{errors[0]}; using {session.get_providers()[0]}")
+            prov.report(f"{errors[0]}; using {used}")
+        elif used != specs[0][0]:  # onnxruntime fell back by itself (its warning is silenced)
+            prov.report(f"{specs[0][0]} could not be initialised by onnxruntime; using {used}")
         meta = {k[5:]: v for k, v in session.get_modelmeta().custom_metadata_map.items() if k.startswith("xcam.")}
         if kind is None:
             kind = "onnx-int8" if meta.get("quantization", "none") != "none" else "onnx"

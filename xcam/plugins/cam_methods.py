@@ -171,7 +171,7 @@ def compute_cam(
     if batch.shape[0] == 0:
         return np.zeros((0, *batch.shape[-2:]), dtype=np.float32)
 
-    _, uses_gradients, default_chunk, _ = METHODS[name]
+    default_chunk = METHODS[name][2]
     per_image_forward = name in PER_IMAGE_FORWARD
     chunk = max(1, int(images_per_call or default_chunk))
     layer = model.target_layer()

@@ -123,8 +123,8 @@ def run_ray(
     stats = EngineStats()
     if workers is None:  # half the cluster's CPUs reserved by model actors, the rest for decoding
         workers = max(1, int(float(ray.cluster_resources().get("CPU", 1)) // (2 * cpus_per_worker)))
-    if options.torch_threads is None:  # each actor computes with 2 threads (decoding is ~10x cheaper)
-        options = dataclasses.replace(options, torch_threads=max(1, round(2 * cpus_per_worker)))
+    if options.threads is None:  # each actor infers with 2 threads (decoding is several times cheaper)
+        options = dataclasses.replace(options, threads=max(1, round(2 * cpus_per_worker)))
     for chunk in _windows(paths, window):
         blocks = max(1, min(len(chunk) // batch_size, 1000))
         ds = ray.data.from_items([{"path": p} for p in chunk], override_num_blocks=blocks)

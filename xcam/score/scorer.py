@@ -71,7 +71,7 @@ class ScoreOptions:
     cam_method: str | None = None
     mask_extractor: str | None = None
     bbox_strategy: str | None = None
-    torch_threads: int | None = None
+    threads: int | None = None  # inference threads per model (None: the backend's default, all cores)
 
 
 @dataclass
@@ -149,6 +149,16 @@ def plugin_manager_for(options: ScoreOptions) -> "XcamPluginManager":
     return get_plugin_manager(load_config(options.config_path))
 
 
+def _with_threads(clf: "Classifier", threads: int, device: str) -> "Classifier":
+    """An ONNX Runtime classifier reopened with ``threads`` intra-op threads (its sessions use
+    every core by default: several Ray actors on one node would oversubscribe it)."""
+    reopen = getattr(type(clf), "from_path", None)
+    path = getattr(clf, "path", None)
+    if reopen is None or path is None:
+        return clf  # PyTorch: torch.set_num_threads already applies
+    return reopen(path, device=device, kind=getattr(clf, "kind", None), threads=threads)
+
+
 @dataclass
 class LoadedModel:
     spec: ModelSpec
@@ -167,10 +177,10 @@ class Scorer:
 
         self.options = options
         self.pm = pm or plugin_manager_for(options)
-        if options.torch_threads:
+        if options.threads:
             import torch
 
-            torch.set_num_threads(int(options.torch_threads))
+            torch.set_num_threads(int(options.threads))
         self.backend = resolve_backend(options.backend)
         store = WeightsStore.from_env(options.weights_dir, accept_changed=options.accept_changed_weights)
         seed = options.seed if options.random_weights else None
@@ -179,6 +189,8 @@ class Scorer:
             with _seeded(seed):
                 clf = load_classifier(self.pm, spec.name, spec.variant, backend=self.backend, device=options.device,
                                       store=store, random_init=options.random_weights)
+            if options.threads:
+                clf = _with_threads(clf, int(options.threads), options.device)
             labels = tuple(clf.labels[i] for i in clf.valid_indices)
             model = LoadedModel(spec, clf, (int(clf.input_size), str(clf.preprocessing)), labels)
             if options.with_cams or options.boxes:
