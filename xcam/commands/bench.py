@@ -49,7 +49,7 @@ SECTIONS = ("throughput", "cams", "analyze")
 @click.option("--output", type=click.Path(dir_okay=False), default="bench.json", show_default=True,
               help="JSON results; the bar chart goes beside it (.png).")
 @click.option("--sections", default=",".join(SECTIONS), show_default=True, help="Which parts to run.")
-@click.option("--quick", is_flag=True, help="Tiny repeats (a format check, well under a minute once exports are cached).")
+@click.option("--quick", is_flag=True, help="Tiny repeats: a format check (about a minute on an idle 2-core machine once exports are cached).")
 @click.option("--real-weights", is_flag=True, help="Use the real weight files instead of seeded random weights.")
 @click.option("--torch-threads", type=click.IntRange(1, 1024), default=None,
               help="torch.set_num_threads for the PyTorch rows (default: PyTorch's own choice).")

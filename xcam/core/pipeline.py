@@ -321,6 +321,11 @@ def compute_cams(
     import torch
 
     model = torch_model(cam_classifier or classifier)
+    from xcam.export.fast_cam import torch_cam_fast_path  # exact Grad-CAM for GAP→linear heads
+
+    maps = torch_cam_fast_path(model, batch, list(class_indices), method.name, dict(options))
+    if maps is not None:
+        return normalize_maps(_resize_maps(np.asarray(maps, dtype=np.float32), size))
     tensor = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
     maps = method.compute(model, tensor, list(class_indices), **options)
     return normalize_maps(_resize_maps(np.asarray(maps, dtype=np.float32), size))
