@@ -90,7 +90,7 @@ def phantom_set(tmp_path_factory) -> Path:
     from xcam.datasets.phantom import generate_phantoms
 
     root = tmp_path_factory.mktemp("eval_phantoms")
-    generate_phantoms(root, n=40, size=128, seed=17)
+    generate_phantoms(root, n=30, size=128, seed=17)
     return root
 
 
@@ -165,7 +165,7 @@ def test_oracle_cams_localize_almost_perfectly(fresh_pm, phantom_set: Path, rand
     result = _evaluate(fresh_pm, phantom_set, random_checkpoint, tmp_path / "eval", method="oracle",
                        mask="threshold", mask_options={"threshold": 0.5})
     mean = result.summary["mean"]
-    assert mean["n_boxes"] == len(result.records) > 20
+    assert mean["n_boxes"] == len(result.records) > 15
     assert mean["pointing"] > 0.85  # a miss only where one class has two boxes in one image
     assert mean["iobb"]["0.25"] > 0.85 and mean["iou"]["0.1"] > 0.85
     lung, centre = (result.summary["baselines"][k]["mean"] for k in ("lung_field", "centre"))
@@ -185,12 +185,12 @@ def test_shifted_oracle_does_not(fresh_pm, phantom_set: Path, random_checkpoint:
 
 
 def test_an_ensemble_of_one_model_twice_equals_the_model(fresh_pm, phantom_set: Path, random_checkpoint: Path):
-    single = _evaluate(fresh_pm, phantom_set, random_checkpoint)
+    single = _evaluate(fresh_pm, phantom_set, random_checkpoint, method="gradcam", cam_layers=None)
     from xcam.evaluation.run import EvalConfig, evaluate
 
     config = EvalConfig(imgpath=str(phantom_set / "images"), bbox_csv=str(phantom_set / "BBox_List_2017.csv"),
                         models=["mobilenetv3", "mobilenetv3"], weights=[str(random_checkpoint)] * 2, output=None,
-                        progress=False)
+                        progress=False, method="gradcam", cam_layers=None)
     double = evaluate(config, fresh_pm)
     boxes = lambda result: [[p[:4] for p in r.preds] for r in result.records]  # noqa: E731 (scores rescale)
     assert boxes(double) == boxes(single)

@@ -168,9 +168,11 @@ def test_cli_listing_commands_do_not_import_torch(args):
     assert proc.stderr.strip().endswith("NO-TORCH"), proc.stderr[-500:]
 
 
-def test_models_lists_variants_and_local_weights(random_weights):
-    random_weights("resnet50")
-    rows = json.loads(_xcam("models", "--json").stdout)
+def test_models_lists_variants_and_local_weights(pm, tmp_path):
+    from xcam.testing import write_random_weights
+
+    write_random_weights(pm.classifier("resnet50"), tmp_path / "cache")
+    rows = json.loads(_xcam("models", "--json", env_extra={"XRV_CACHE_DIR": str(tmp_path / "cache")}).stdout)
     by_variant = {r["variant"]: r for r in rows}
     assert len([r for r in rows if r["classifier"] == "densenet121"]) == 7
     assert by_variant["resnet50-res512-all"]["local"] and by_variant["resnet50-res512-all"]["input_size"] == 512

@@ -24,7 +24,8 @@ class _RunsACommand:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_missing_weights_name_file_url_and_place(pm, tmp_path):
+def test_missing_weights_name_file_url_and_place(pm, tmp_path, monkeypatch):
+    monkeypatch.setenv("XRV_CACHE_DIR", str(tmp_path / "empty_cache"))
     store = WeightsStore(weights_dir=tmp_path / "offline", allow_download=False, trust_file=tmp_path / "t.json")
     variant = pm.classifier("densenet121").variant("nih")
     with pytest.raises(WeightsMissingError) as info:

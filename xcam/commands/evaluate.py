@@ -7,11 +7,17 @@ import click
 from xcam.commands._common import accept_changed_weights_option, device_option, weights_dir_option
 
 # Kept in step with xcam.evaluation.run.DEFAULT_* (not imported: that module pulls numpy in).
-DEFAULT_METHOD, DEFAULT_MASK, DEFAULT_STRATEGY, DEFAULT_ENSEMBLER = "gradcam", "otsu", "largest", "mean"
+DEFAULT_METHOD, DEFAULT_MASK, DEFAULT_STRATEGY, DEFAULT_ENSEMBLER = "layercam", "threshold", "largest", "mean"
 
 
 def _csv_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _layers(text: str | None) -> list[str] | str | None:
+    if not text or text == "model":
+        return None
+    return "auto" if text == "auto" else _csv_list(text)
 
 
 def _options(pairs: tuple[str, ...], what: str) -> dict[str, object]:
@@ -38,7 +44,9 @@ def _options(pairs: tuple[str, ...], what: str) -> dict[str, object]:
 @click.option("--weights", default=None, help="Weight variant or checkpoint path per model, comma-separated.")
 @click.option("--model-weights", default=None, help="Ensemble weight per model, comma-separated numbers.")
 @click.option("--method", default=DEFAULT_METHOD, show_default=True, help="CAM method plugin.")
-@click.option("--cam-layer", default=None, help="Target layer(s) overriding the model's; several (comma-separated) are fused.")
+@click.option("--cam-layer", default="auto", show_default=True,
+              help="Target layer(s), comma-separated (several are fused); 'model': the model's own; "
+                   "'auto': the best measured fusion for known architectures, else the model's own.")
 @click.option("--mask", default=DEFAULT_MASK, show_default=True, help="Mask extractor plugin.")
 @click.option("--mask-option", multiple=True, help="key=value passed to the mask extractor (repeatable).")
 @click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, help="Bounding-box strategy plugin.")
@@ -74,7 +82,7 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, method,
     config = EvalConfig(
         imgpath=imgpath, bbox_csv=bbox_csv, csvpath=csvpath, models=_csv_list(models) or ["mobilenetv3"],
         weights=_csv_list(weights) or [None], model_weights=ensemble_w, method=method, mask=mask, strategy=strategy,
-        ensembler=ensembler, cam_layers=_csv_list(cam_layer), mask_options=_options(mask_option, "--mask-option"),
+        ensembler=ensembler, cam_layers=_layers(cam_layer), mask_options=_options(mask_option, "--mask-option"),
         strategy_options=_options(strategy_option, "--strategy-option"), output=output, random_init=random_weights,
         device=resolve_device(device), weights_dir=weights_dir, accept_changed=accept_changed_weights,
         montage=montage, progress=not quiet,

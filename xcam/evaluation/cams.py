@@ -75,14 +75,34 @@ def resolve_cam_method(pm: "XcamPluginManager", name: str) -> Callable[..., np.n
     raise UsageError(f"unknown cam method {name!r}; available: {', '.join(known)}")
 
 
+AUTO_LAYERS: dict[str, tuple[str, ...]] = {
+    # LayerCAM fused over a 28×28 and a 14×14 block localized best on held-out phantoms
+    # (docs/evaluation.md "What localizes best"); other models use their own target layer.
+    "mobilenet_v3_small": ("net.features.3", "net.features.5"),
+}
+
+
 @dataclass
 class CamSettings:
-    """How CAMs are made: method, its options, target layers (fused), and how models combine."""
+    """How CAMs are made: method, its options, target layers (fused), and how models combine.
+
+    ``layers``: ``None`` — each model's own target layer; ``"auto"`` — :data:`AUTO_LAYERS` for the
+    model's ``arch`` when listed, else its own layer; a list — those layers for every model.
+    """
 
     method: Callable[..., np.ndarray]
     combine: Callable[..., np.ndarray]  # ensembler.combine_cams (models, and layers of one model)
-    layers: Sequence[str] | None = None  # None: each model's own target layer
+    layers: Sequence[str] | str | None = None
     options: dict[str, Any] | None = None
+
+    def layers_for(self, model: Any) -> list[str]:
+        if self.layers is None:
+            return [model.target_layer_path]
+        if isinstance(self.layers, str):
+            if self.layers != "auto":
+                return [self.layers]
+            return list(AUTO_LAYERS.get(getattr(model, "arch", ""), (model.target_layer_path,)))
+        return list(self.layers)
 
 
 def _resize(cam: np.ndarray, size: int) -> np.ndarray:
@@ -111,7 +131,7 @@ def model_cams(clf: "TorchClassifier", image: "XrayImage", labels: Sequence[str]
     original_layer = model.target_layer_path
     per_layer: list[np.ndarray] = []
     try:
-        for layer in settings.layers or [original_layer]:
+        for layer in settings.layers_for(model):
             model.target_layer_path = layer
             cams = settings.method(model, batch, idx, **(settings.options or {}))
             per_layer.append(np.stack([_resize(np.asarray(c, dtype=np.float32), clf.input_size) for c in cams]))

@@ -65,6 +65,7 @@ def baseline_table(summary: Mapping[str, Any]) -> str:
 def markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     models = ", ".join(f"{m['name']} ({m['weights']}, layer {m['cam_layer']})" for m in summary.get("models", []))
     layers = config.get("cam_layers")
+    layers = [layers] if isinstance(layers, str) else layers
     parts = [
         "# Localization evaluation (Wang et al. 2017 protocol)", "",
         f"Models: {models}. CAM: `{config['method']}`"

@@ -19,10 +19,11 @@ from xcam.evaluation import baselines as B
 from xcam.evaluation.groundtruth import GroundTruthBox, read_boxes, read_image_labels
 from xcam.evaluation.protocol import BoxRecord, summarize
 
-DEFAULT_METHOD = "gradcam"
-DEFAULT_MASK = "otsu"
+DEFAULT_METHOD = "layercam"
+DEFAULT_MASK = "threshold"  # normalized CAM >= 0.5
 DEFAULT_STRATEGY = "largest"
 DEFAULT_ENSEMBLER = "mean"
+DEFAULT_LAYERS = "auto"  # see xcam.evaluation.cams.AUTO_LAYERS
 
 
 @dataclass
@@ -39,7 +40,7 @@ class EvalConfig:
     mask: str = DEFAULT_MASK
     strategy: str = DEFAULT_STRATEGY
     ensembler: str = DEFAULT_ENSEMBLER
-    cam_layers: list[str] | None = None
+    cam_layers: list[str] | str | None = DEFAULT_LAYERS
     mask_options: dict[str, Any] = field(default_factory=dict)
     strategy_options: dict[str, Any] = field(default_factory=dict)
     output: str | None = "eval"
@@ -206,7 +207,7 @@ def evaluate(config: EvalConfig, pm: Any = None) -> EvalResult:
     order = [c for m in models for c in m.labels if c]
     summary = summarize(records, aucs, order)
     summary["images"] = {"with_boxes": len(by_image), "found": len(paths), "missing": len(by_image) - len(paths)}
-    summary["models"] = [{"name": m.name, "weights": m.variant, "cam_layer": m.model.target_layer_path,
+    summary["models"] = [{"name": m.name, "weights": m.variant, "cam_layer": "+".join(settings.layers_for(m.model)),
                           "input_size": m.input_size} for m in models]
     result = EvalResult(summary, records, config, models=list(models), settings=settings)
     if config.output:

@@ -30,8 +30,8 @@ from xcam.train import checkpoint as ckpt
 from xcam.train.data import XrayDataset, cache_fits, patient_split, read_label_table
 
 DEFAULT_CAM_LAYERS: dict[str, str] = {
-    # the last block of the stride-16 stage (14×14 at 224 px): see docs/training.md "CAM layer"
-    "mobilenet_v3_small": "net.features.8",
+    # a 14×14 block (at 224 px) of the stride-16 stage: see docs/training.md "CAM layer"
+    "mobilenet_v3_small": "net.features.5",
     "mobilenet_v3_large": "net.features.12",
 }
 
