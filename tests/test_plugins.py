@@ -112,6 +112,15 @@ def test_broken_duplicate_and_misspelled_plugins_are_reported(tmp_path, on_path)
         def xcam_classifier():
             return []
     """}, {"typo": "xcam_typo_mod"})
+    _fake_distribution(tmp_path, "badname-dist", {"xcam_badname_mod": """
+        import dataclasses
+        from xcam.core.hookspecs import hookimpl
+        from xcam.plugins.classifiers import densenet121
+
+        @hookimpl
+        def xcam_classifiers():
+            yield dataclasses.replace(densenet121.REGISTRATION, name="dense_net")
+    """}, {"badname": "xcam_badname_mod"})
     on_path(tmp_path)
     pm = get_plugin_manager(XcamConfig())
     infos = {i.name: i for i in pm.plugin_infos()}
@@ -119,6 +128,7 @@ def test_broken_duplicate_and_misspelled_plugins_are_reported(tmp_path, on_path)
     assert "no module named foo" in infos["broken"].status
     assert "conflicts with xcam" in infos["dupe"].status and "dupe-dist" in infos["dupe"].status
     assert "unknown hook 'xcam_classifier'" in infos["typo"].status
+    assert "'dense_net'" in infos["badname"].status and "no '_'" in infos["badname"].status
     assert pm.classifier("densenet121").name == "densenet121"  # the host still works
     # and the CLI too
     proc = _xcam("plugins", env_extra={"PYTHONPATH": str(tmp_path)})

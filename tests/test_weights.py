@@ -91,6 +91,21 @@ def test_changed_weights_are_refused_until_accepted(pm, tmp_path):
     registration.build(store=store)  # the new file is now the trusted one
 
 
+def test_trust_records_a_file_this_process_wrote(pm, tmp_path):
+    from xcam.testing import write_random_weights
+
+    registration = pm.classifier("mobilenetv3")
+    folder = tmp_path / "w"
+    store = WeightsStore(weights_dir=folder, trust_file=tmp_path / "trusted.json")
+    path = write_random_weights(registration, folder, seed=1)
+    registration.build(store=store)
+    write_random_weights(registration, folder, seed=3)
+    with pytest.raises(ChangedWeightsError):
+        store.verify(path)
+    assert store.trust(path) == store.verify(path)  # e.g. `xcam train` rewriting best.pt
+    registration.build(store=store)
+
+
 def test_weights_dir_takes_precedence_over_xrv_cache(pm, tmp_path, weights_cache, random_weights):
     from xcam.testing import write_random_weights
 

@@ -30,7 +30,8 @@ ASPECT_TOLERANCE = 0.02
 def parse_mask_name(path: str | Path) -> tuple[str, str | None, str | None]:
     """``(prefix, model, pathology)`` from ``{model}_{pathology}_P3.png``.
 
-    The model is the part before the first ``_`` (model names have none); the pathology is the rest
+    The model is the part before the first ``_`` (classifier names cannot contain one: enforced by
+    :class:`~xcam.core.types.ClassifierRegistration`); the pathology is the rest
     without ``_P3`` (it may hold spaces and underscores). Other names give ``(stem, None, None)``.
     """
     stem = Path(path).stem

@@ -569,34 +569,13 @@ def _clip_box(box: "ScoredBox", width: int, height: int) -> "ScoredBox":
 
 # -- ground truth files ----------------------------------------------------------------------
 def read_bbox_csv(path: str | Path) -> dict[str, list[tuple[str, Box]]]:
-    """NIH ``BBox_List_2017.csv`` (header ``Image Index,Finding Label,Bbox [x,y,w,h],,,``) →
-    ``{image file name: [(label, (x, y, w, h)), ...]}``; one-line errors name the file and row."""
-    import csv
-    import math
+    """NIH ``BBox_List_2017.csv`` → ``{image file name: [(label as written, (x, y, w, h)), ...]}``
+    (read by :func:`xcam.evaluation.groundtruth.read_boxes`; errors are one line naming file and row)."""
+    from xcam.evaluation.groundtruth import read_boxes
 
-    p = Path(path)
-    if not p.is_file():
-        raise XcamError(f"{p}: ground-truth file not found")
     out: dict[str, list[tuple[str, Box]]] = {}
-    try:
-        with p.open(newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise XcamError(f"{p}: cannot read ground truth ({exc})") from None
-    if not rows or not rows[0] or rows[0][0].strip().lower() != "image index":
-        raise XcamError(f"{p}: not an NIH box list (expected header 'Image Index,Finding Label,Bbox [x,y,w,h],,,')")
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in row):
-            continue
-        if len(row) < 6:
-            raise XcamError(f"{p}: line {line}: expected 6 columns (image, label, x, y, w, h), got {len(row)}")
-        try:
-            x, y, w, h = (float(v) for v in row[2:6])
-        except ValueError:
-            raise XcamError(f"{p}: line {line}: box values {row[2:6]} are not numbers") from None
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-            raise XcamError(f"{p}: line {line}: invalid box {row[2:6]} (need finite numbers, w and h > 0)")
-        out.setdefault(Path(row[0].strip()).name, []).append((row[1].strip(), (x, y, w, h)))
+    for gt in read_boxes(path):
+        out.setdefault(gt.image, []).append((gt.raw_label, gt.box))
     return out
 
 

@@ -7,6 +7,7 @@ they are called).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -70,6 +71,9 @@ class ClassifierRegistration:
     gap_linear_head: bool = False
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]*", self.name):
+            # output files are named {model}_{pathology}; `xcam bbox` splits them at the first "_"
+            raise ValueError(f"classifier name {self.name!r}: use letters, digits, '-' and '.' only (no '_' or spaces)")
         if not self.variants:
             raise ValueError(f"classifier {self.name!r} declares no weight variants")
         names = [v.name for v in self.variants]

@@ -162,13 +162,20 @@ class WeightsStore:
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
-    def _record(self, path: Path, digest: str) -> None:
+    def trust(self, path: str | Path, digest: str | None = None) -> str:
+        """Record ``path``'s sha256 (computed when not given) as trusted; return it.
+
+        For files this process wrote itself (e.g. ``xcam train`` checkpoints), so a retrained file at
+        a previously trusted path loads without ``--accept-changed-weights``."""
+        path = Path(path)
+        digest = digest or sha256_of(path)
         trusted = self._trusted()
         trusted[str(path.resolve())] = digest
         self.trust_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.trust_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(trusted, indent=1, sort_keys=True))
         os.replace(tmp, self.trust_file)
+        return digest
 
     def verify(self, path: Path, variant: WeightVariant | None = None) -> str:
         """sha256 of the file, checked against the pinned or first-seen value."""
@@ -190,12 +197,12 @@ class WeightsStore:
         """Verify, safely load, and return ``(state_dict, sha256)``; records trust on success."""
         digest = self.verify(path, variant)
         state = to_state_dict(safe_torch_load(path), path)
-        self._record(path, digest)
+        self.trust(path, digest)
         return state, digest
 
     def load_checkpoint(self, path: Path, variant: WeightVariant | None = None) -> tuple[Any, str]:
         """Like :meth:`load_state_dict` but returns the raw loaded object (training checkpoints)."""
         digest = self.verify(path, variant)
         obj = safe_torch_load(path)
-        self._record(path, digest)
+        self.trust(path, digest)
         return obj, digest

@@ -34,30 +34,31 @@ class GroundTruthBox:
 
 
 def read_boxes(path: str | Path) -> list[GroundTruthBox]:
-    """Every usable row of a box list (rows with a non-finite or empty box raise one line)."""
+    """Every row of a box list, in file order; a malformed file or row raises one line naming both."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: box list not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"{path}: cannot read the box list ({exc})") from None
+    if not rows or not rows[0] or rows[0][0].strip().lower() != "image index":
+        raise UsageError(f"{path}: not an NIH box list (expected header 'Image Index,Finding Label,Bbox [x,y,w,h],,,')")
     out: list[GroundTruthBox] = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if not rows or len(rows[0]) < 2 or "Image" not in rows[0][0]:
-        raise UsageError(f"{path}: not a BBox_List_2017.csv (header 'Image Index,Finding Label,Bbox [x,y,w,h],,,')")
     for n, row in enumerate(rows[1:], start=2):
-        if not row or not row[0].strip():
+        if not any(cell.strip() for cell in row):
             continue
         if len(row) < 6:
-            raise UsageError(f"{path}:{n}: expected 'image,label,x,y,w,h', got {','.join(row)!r}")
+            raise UsageError(f"{path}: line {n}: expected 6 columns (image, label, x, y, w, h), got {len(row)}")
         try:
             x, y, w, h = (float(v) for v in row[2:6])
         except ValueError:
-            raise UsageError(f"{path}:{n}: box {row[2:6]} is not four numbers") from None
+            raise UsageError(f"{path}: line {n}: box values {row[2:6]} are not numbers") from None
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-            raise UsageError(f"{path}:{n}: box {row[2:6]} must be finite with width and height > 0")
+            raise UsageError(f"{path}: line {n}: invalid box {row[2:6]} (need finite numbers, w and h > 0)")
         raw = row[1].strip()
-        out.append(GroundTruthBox(row[0].strip(), canonical_label(raw), x, y, w, h, raw))
-    if not out:
-        raise UsageError(f"{path}: no boxes")
+        out.append(GroundTruthBox(Path(row[0].strip()).name, canonical_label(raw), x, y, w, h, raw))
     return out
 
 

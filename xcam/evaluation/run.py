@@ -173,6 +173,8 @@ def evaluate(config: EvalConfig, pm: Any = None) -> EvalResult:
 
     pm = pm or get_plugin_manager()
     boxes = read_boxes(config.bbox_csv)
+    if not boxes:
+        raise UsageError(f"{config.bbox_csv}: no boxes to evaluate")
     method = resolve_cam_method(pm, config.method)
     extract = pm.mask_extractor(config.mask).extract
     strategy = pm.bbox_strategy(config.strategy).boxes

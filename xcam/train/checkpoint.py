@@ -70,7 +70,6 @@ def load(path: Path) -> dict[str, Any]:
 def trust(path: Path) -> None:
     """Record the file's sha256 as trusted, so the classifier plugin loads what we just wrote even
     where an earlier run's file of the same name had been trusted (trust on first use)."""
-    from xcam.core.weights import WeightsStore, sha256_of
+    from xcam.core.weights import WeightsStore
 
-    store = WeightsStore.from_env()
-    store._record(Path(path), sha256_of(Path(path)))
+    WeightsStore.from_env().trust(path)
