@@ -172,3 +172,51 @@ def test_pretrained_without_network_is_one_line(phantoms: Path, tmp_path: Path, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and "--no-pretrained" in err[0]
     assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_lse_head_checkpoint_loads_with_its_head_and_refuses_another(phantoms: Path, tmp_path: Path, pm):
+    import torch
+
+    from xcam.core.errors import UsageError
+    from xcam.core.inference import load_classifier
+    from xcam.core.weights import WeightsStore
+    from xcam.train.loop import train
+
+    result = train(_config(phantoms, tmp_path / "lse", epochs=1, head="lse", dilated=True), log=lambda m: None)
+    obj = torch.load(result.best_path, weights_only=True)
+    assert obj["head"] == "lse" and obj["dilated"] is True and obj["cam_layer"] == "net.features.12"
+    clf = load_classifier(pm, "mobilenetv3", str(result.best_path), store=WeightsStore.from_env())
+    model = clf.model
+    assert model.head == "lse" and model.dilated
+    x = torch.randn(2, 1, 64, 64) * 400
+    with torch.no_grad():
+        features = model.net.features(x / 1024.0)
+    assert features.shape[-1] == 4  # stride 16 (dilated last stage), not 2
+    with pytest.raises(UsageError, match="head"):
+        train(_config(phantoms, tmp_path / "lse", epochs=2, head="mlp", dilated=True), log=lambda m: None)
+
+
+def test_lse_head_grad_cam_is_the_class_score_map():
+    """With LSE-pooled 1×1-conv score maps, Grad-CAM's channel weights are the conv weights times a
+    common factor, so its map is the rectified score map (up to the bias): the CAM is exact."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+
+    from xcam.nets.mobilenet import LSEPool, MobileNetV3
+
+    torch.manual_seed(0)
+    model = MobileNetV3(["a", "b"], "mobilenet_v3_small", 64, head="lse").eval()
+    with torch.no_grad():
+        model.net.classifier.bias.zero_()
+    x = torch.randn(1, 1, 64, 64) * 400
+    with GradCAM(model=model, target_layers=[model.target_layer()]) as cam:
+        grayscale = cam(x, targets=None)  # the top class
+    with torch.no_grad():
+        maps = model.net.classifier(model.net.features(x / 1024.0))
+        logits = model(x)
+    assert torch.allclose(logits, LSEPool(5.0)(maps))
+    top = int(logits[0].argmax())
+    score = torch.relu(maps[0, top])
+    expected = torch.nn.functional.interpolate(score[None, None], size=(64, 64), mode="bilinear")[0, 0].numpy()
+    expected = (expected - expected.min()) / (expected.max() - expected.min() + 1e-7)
+    assert np.corrcoef(expected.ravel(), grayscale[0].ravel())[0, 1] > 0.99

@@ -31,6 +31,10 @@ def split_labels(text: str | None) -> list[str] | None:
               help="Fraction of PATIENTS held out for validation.")
 @click.option("--labels", default=None, help="Comma-separated classes to learn (default: all findings in the csv).")
 @click.option("--cam-layer", default=None, help="CAM target layer written into the checkpoint (default: per arch, 14×14 stage).")
+@click.option("--head", type=click.Choice(["mlp", "lse"]), default="mlp", show_default=True,
+              help="mlp: torchvision's pooled MLP head; lse: one 1×1-conv score map per class, log-sum-exp pooled.")
+@click.option("--dilated/--no-dilated", default=False, show_default=True,
+              help="Dilate the last stage: final feature map 14×14 instead of 7×7 at 224 px (≈2× compute).")
 @click.option("--schedule", type=click.Choice(["cosine", "onecycle", "constant"]), default="cosine", show_default=True)
 @click.option("--pos-weight", type=click.Choice(["none", "sqrt"]), default="none", show_default=True,
               help="BCE weight of positives per class: sqrt(#negatives/#positives) helps rare classes.")
@@ -38,7 +42,7 @@ def split_labels(text: str | None) -> list[str] | None:
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/last.pt when it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(imgpath, csvpath, epochs, batch_size, lr, img_size, arch, pretrained, out, workers, seed, val_fraction,
-          labels, cam_layer, schedule, pos_weight, augment, resume, quiet) -> None:
+          labels, cam_layer, head, dilated, schedule, pos_weight, augment, resume, quiet) -> None:
     """Train a multi-label MobileNetV3 (BCE) with a patient-wise validation split.
 
     Writes OUT/best.pt (best validation macro AUC) and OUT/last.pt after every epoch, logs
@@ -51,7 +55,7 @@ def train(imgpath, csvpath, epochs, batch_size, lr, img_size, arch, pretrained, 
     config = TrainConfig(
         imgpath=imgpath, csvpath=csvpath, out=out, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
         arch=arch, pretrained=pretrained, workers=workers, seed=seed, val_fraction=val_fraction,
-        labels=split_labels(labels), cam_layer=cam_layer, schedule=schedule, pos_weight=pos_weight, augment=augment, resume=resume,
+        labels=split_labels(labels), cam_layer=cam_layer, head=head, dilated=dilated, schedule=schedule, pos_weight=pos_weight, augment=augment, resume=resume,
         progress=not quiet,
     )
     try:

@@ -6,6 +6,7 @@ Trained by ``xcam train``; its checkpoints are plain dicts (``model_state``, ``l
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -15,32 +16,59 @@ from torch import nn
 from xcam.core.model import XCamModel
 
 ARCHS = ("mobilenet_v3_large", "mobilenet_v3_small")
+HEADS = ("mlp", "lse")
 NIH_LABELS: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
 
 
-def build_mobilenet(arch: str, num_classes: int, pretrained: bool = False, bn_momentum: float = 0.1) -> nn.Module:
+class LSEPool(nn.Module):
+    """Log-sum-exp pooling of class score maps ``[B, C, H, W] → [B, C]`` (Wang et al. 2017).
+
+    ``r`` moves it between the average (r → 0) and the maximum (r → ∞): a small lesion's score is
+    not diluted by the rest of the image as it is by average pooling."""
+
+    def __init__(self, r: float = 5.0) -> None:
+        super().__init__()
+        self.r = float(r)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        flat = maps.flatten(2)
+        return (torch.logsumexp(self.r * flat, dim=2) - math.log(flat.shape[2])) / self.r
+
+
+def build_mobilenet(arch: str, num_classes: int, pretrained: bool = False, bn_momentum: float = 0.1,
+                    head: str = "mlp", dilated: bool = False) -> nn.Module:
     """torchvision MobileNetV3 with a 1-channel stem.
 
+    ``head="mlp"`` keeps torchvision's head (average pool → 1024-unit MLP) with a new last layer;
+    ``head="lse"`` replaces it by a 1×1 convolution giving one score map per class (pooled by
+    :class:`LSEPool` in :class:`MobileNetV3`). ``dilated`` makes the last stage dilated instead of
+    strided (torchvision's option), so the final feature map is 14×14 rather than 7×7 at 224 px.
     BatchNorm momentum is raised from torchvision's 0.01 to 0.1: with 0.01 the running statistics
     lag far behind the weights in short CPU runs and evaluation-mode outputs collapse to chance.
     With ``pretrained`` the ImageNet stem is averaged over RGB into one channel.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
     factory = getattr(torchvision.models, arch)
     weights = "DEFAULT" if pretrained else None
-    net = factory(weights=weights)
+    net = factory(weights=weights, dilated=dilated)
     stem = net.features[0][0]
     new_stem = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
     if pretrained:
         with torch.no_grad():
             new_stem.weight.copy_(stem.weight.mean(dim=1, keepdim=True))
     net.features[0][0] = new_stem
-    last = net.classifier[-1]
-    net.classifier[-1] = nn.Linear(last.in_features, num_classes)
+    if head == "lse":
+        net.avgpool = nn.Identity()
+        net.classifier = nn.Conv2d(net.features[-1].out_channels, num_classes, kernel_size=1)
+    else:
+        last = net.classifier[-1]
+        net.classifier[-1] = nn.Linear(last.in_features, num_classes)
     for module in net.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = bn_momentum
@@ -48,7 +76,10 @@ def build_mobilenet(arch: str, num_classes: int, pretrained: bool = False, bn_mo
 
 
 class MobileNetV3(XCamModel):
-    """MobileNetV3 classifier. Default CAM target ``net.features.16`` (last conv block, large)."""
+    """MobileNetV3 classifier. Default CAM target: the last feature block.
+
+    With ``head="lse"`` the logits are LSE-pooled class score maps, so Grad-CAM on the last feature
+    block is exactly the (rectified) score map of the class."""
 
     def __init__(
         self,
@@ -58,16 +89,23 @@ class MobileNetV3(XCamModel):
         preprocessing: str = "xrv",
         cam_layer: str | None = None,
         pretrained: bool = False,
+        head: str = "mlp",
+        dilated: bool = False,
+        lse_r: float = 5.0,
     ) -> None:
         super().__init__(labels, input_size, None)
         self.arch = arch
         self.preprocessing = preprocessing
-        self.net = build_mobilenet(arch, len(labels), pretrained=pretrained)
+        self.head, self.dilated = head, bool(dilated)
+        self.net = build_mobilenet(arch, len(labels), pretrained=pretrained, head=head, dilated=dilated)
+        self.pool = LSEPool(lse_r) if head == "lse" else None
         self.target_layer_path = cam_layer or f"net.features.{len(self.net.features) - 1}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.preprocessing == "xrv":
             x = x / 1024.0  # [-1024, 1024] → [-1, 1]: keeps activations in a trainable range
+        if self.pool is not None:
+            return self.pool(self.net.classifier(self.net.features(x)))
         return self.net(x)
 
     def checkpoint_object(self) -> object:
@@ -78,4 +116,7 @@ class MobileNetV3(XCamModel):
             "img_size": self.input_size,
             "preprocessing": self.preprocessing,
             "cam_layer": self.target_layer_path,
+            "head": self.head,
+            "dilated": self.dilated,
+            "lse_r": self.pool.r if self.pool is not None else None,
         }

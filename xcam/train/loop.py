@@ -34,6 +34,13 @@ DEFAULT_CAM_LAYERS: dict[str, str] = {
     "mobilenet_v3_small": "net.features.5",
     "mobilenet_v3_large": "net.features.12",
 }
+LAST_FEATURE_BLOCKS: dict[str, str] = {"mobilenet_v3_small": "net.features.12", "mobilenet_v3_large": "net.features.16"}
+
+
+def default_cam_layer(arch: str, head: str) -> str:
+    """The CAM layer written into a new checkpoint: with the LSE head the last block (Grad-CAM there
+    is the class score map itself), otherwise a 14×14 block of the stride-16 stage."""
+    return (LAST_FEATURE_BLOCKS if head == "lse" else DEFAULT_CAM_LAYERS)[arch]
 
 
 @dataclass
@@ -54,6 +61,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     labels: list[str] | None = None
     cam_layer: str | None = None
+    head: str = "mlp"  # mlp (torchvision's) | lse (1×1 conv class score maps, LSE-pooled)
+    dilated: bool = False  # last stage dilated: final map 14×14 instead of 7×7 at 224 px
     weight_decay: float = 1e-4
     augment: bool = True
     schedule: str = "cosine"  # cosine (with 1 warm-up epoch) | onecycle | constant
@@ -91,15 +100,18 @@ def auc_scores(targets: np.ndarray, scores: np.ndarray, labels: Sequence[str]) -
 
 def build_model(config: TrainConfig, labels: Sequence[str]) -> nn.Module:
     """The MobileNetV3 to train; ``--pretrained`` without a cached download fails in one line."""
-    from xcam.nets.mobilenet import ARCHS, MobileNetV3
+    from xcam.nets.mobilenet import ARCHS, HEADS, MobileNetV3
 
     if config.arch not in ARCHS:
         raise UsageError(f"unknown --arch {config.arch!r}; valid: {', '.join(ARCHS)}")
-    cam_layer = config.cam_layer or DEFAULT_CAM_LAYERS[config.arch]
+    if config.head not in HEADS:
+        raise UsageError(f"unknown --head {config.head!r}; valid: {', '.join(HEADS)}")
+    cam_layer = config.cam_layer or default_cam_layer(config.arch, config.head)
     try:
         # torch.hub prints "Downloading: ..." to stdout; the outcome is reported below in one line
         with contextlib.redirect_stdout(io.StringIO()):
-            model = MobileNetV3(labels, config.arch, config.img_size, "xrv", cam_layer, pretrained=config.pretrained)
+            model = MobileNetV3(labels, config.arch, config.img_size, "xrv", cam_layer, pretrained=config.pretrained,
+                                head=config.head, dilated=config.dilated)
     except Exception as exc:
         if not config.pretrained:
             raise
@@ -218,8 +230,9 @@ def write_performance(rows: Sequence[dict[str, Any]], out: Path, labels: Sequenc
 
 # -- the loop ----------------------------------------------------------------------------------------
 def _compatible(saved: dict[str, Any], config: TrainConfig, labels: Sequence[str], path: Path) -> None:
-    for key, now in (("arch", config.arch), ("img_size", config.img_size), ("labels", list(labels))):
-        if saved.get(key) != now:
+    for key, now in (("arch", config.arch), ("img_size", config.img_size), ("labels", list(labels)),
+                     ("head", config.head), ("dilated", config.dilated)):
+        if saved.get(key, {"head": "mlp", "dilated": False}.get(key)) != now:
             raise UsageError(
                 f"{path} was trained with {key}={saved.get(key)!r}, not {now!r}: use the same settings "
                 f"to resume, another --out, or --no-resume to start over"

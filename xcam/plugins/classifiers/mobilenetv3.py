@@ -31,19 +31,27 @@ def build(request: BuildRequest) -> "XCamModel":
             arch=options.get("arch", "mobilenet_v3_large"),
             input_size=int(options.get("img_size", 224)),
             cam_layer=options.get("cam_layer"),
+            head=options.get("head", "mlp"),
+            dilated=bool(options.get("dilated", False)),
         )
     else:
         path = request.store.resolve(request.variant)
         checkpoint, digest = request.store.load_checkpoint(path, request.variant)
         if not isinstance(checkpoint, dict) or "model_state" not in checkpoint:
             raise WeightsError(f"{path}: not an xcam training checkpoint (no 'model_state')")
-        model = MobileNetV3(
-            labels=checkpoint.get("labels", NIH_LABELS),
-            arch=checkpoint.get("arch", "mobilenet_v3_large"),
-            input_size=int(checkpoint.get("img_size", 224)),
-            preprocessing=checkpoint.get("preprocessing", "xrv"),
-            cam_layer=options.get("cam_layer") or checkpoint.get("cam_layer"),
-        )
+        try:
+            model = MobileNetV3(
+                labels=checkpoint.get("labels", NIH_LABELS),
+                arch=checkpoint.get("arch", "mobilenet_v3_large"),
+                input_size=int(checkpoint.get("img_size", 224)),
+                preprocessing=checkpoint.get("preprocessing", "xrv"),
+                cam_layer=options.get("cam_layer") or checkpoint.get("cam_layer"),
+                head=checkpoint.get("head", "mlp"),
+                dilated=bool(checkpoint.get("dilated", False)),
+                lse_r=float(checkpoint.get("lse_r") or 5.0),
+            )
+        except (ValueError, TypeError) as exc:
+            raise WeightsError(f"{path}: unusable checkpoint settings ({exc})") from None
         try:
             model.load_state_dict(checkpoint["model_state"], strict=True)
         except RuntimeError as exc:
