@@ -214,6 +214,8 @@ def test_cam_ensembles() -> None:
     w = ensemblers.weighted_cams([a, b], [3, 1])  # (0.25, 1, 0.375, 0.5)
     assert w == pytest.approx((np.array([[0.25, 1.0], [0.375, 0.5]]) - 0.25) / 0.75)
     assert not ensemblers.mean_cams([np.ones((3, 3))]).any()  # constant -> zeros
+    product = ensemblers.product_cams([a, b])  # sqrt: (0, 1, 0, .5) -> high only where both are
+    assert product == pytest.approx(np.array([[0.0, 1.0], [0.0, 0.5]]), abs=2e-3)
     with pytest.raises(UsageError, match="one grid"):
         ensemblers.mean_cams([a, np.zeros((3, 3))])
 

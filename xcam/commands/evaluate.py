@@ -6,8 +6,7 @@ import click
 
 from xcam.commands._common import accept_changed_weights_option, device_option, weights_dir_option
 
-# Kept in step with xcam.evaluation.run.DEFAULT_* (not imported: that module pulls numpy in).
-DEFAULT_METHOD, DEFAULT_MASK, DEFAULT_STRATEGY, DEFAULT_ENSEMBLER = "layercam", "threshold", "largest", "mean"
+from xcam.evaluation.defaults import DEFAULT_ENSEMBLER, DEFAULT_MASK, DEFAULT_METHOD, DEFAULT_STRATEGY
 
 
 def _csv_list(text: str | None) -> list[str] | None:

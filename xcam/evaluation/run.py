@@ -1,7 +1,7 @@
 """One evaluation run: box list + images + model(s) → per-box records → tables and files.
 
-Defaults (``DEFAULT_*``) are the choices that localized best on held-out phantoms, see
-docs/evaluation.md "What localizes best".
+Defaults (``DEFAULT_*``, from :mod:`xcam.evaluation.defaults`) are the choices that localized
+best on phantoms, see docs/evaluation.md "What localizes best".
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from xcam.evaluation import baselines as B
 from xcam.evaluation.groundtruth import GroundTruthBox, read_boxes, read_image_labels
 from xcam.evaluation.protocol import BoxRecord, summarize
 
-DEFAULT_METHOD = "layercam"
-DEFAULT_MASK = "threshold"  # normalized CAM >= 0.5
-DEFAULT_STRATEGY = "largest"
-DEFAULT_ENSEMBLER = "mean"
-DEFAULT_LAYERS = "auto"  # see xcam.evaluation.cams.AUTO_LAYERS
+from xcam.evaluation.defaults import (  # noqa: F401 (re-exported)
+    DEFAULT_ENSEMBLER,
+    DEFAULT_LAYERS,
+    DEFAULT_MASK,
+    DEFAULT_METHOD,
+    DEFAULT_STRATEGY,
+)
 
 
 @dataclass

@@ -10,6 +10,10 @@ Labels come out in order of first appearance.
 * ``weighted`` — ``p(l) = Σ_{m∈M_l} w_m p_m(l) / Σ_{m∈M_l} w_m`` (weights renormalized over the
   models that have the label; no weights: equal); CAMs: ``Σ w_m c_m / Σ w_m``.
 
+* ``product``  — probabilities as ``mean``; CAMs: elementwise geometric mean ``(Π c_m)^(1/n)``, high
+  only where every map is (an AND: a coarse, semantic map times a fine one keeps the fine detail
+  inside the coarse evidence).
+
 ``M_l`` is the set of models predicting ``l``. CAMs must already share one grid and be normalized;
 the combined map is min–max normalized to [0, 1] (a constant result gives zeros).
 """
@@ -123,6 +127,14 @@ def weighted_cams(cams: Sequence[Any], weights: Sequence[float] | None = None) -
     return _normalized(np.tensordot(w / w.sum(), stack, axes=1))
 
 
+def product_cams(cams: Sequence[Any], weights: Sequence[float] | None = None) -> "np.ndarray":
+    """Elementwise geometric mean (each map clipped to [0, 1] first), normalized to [0, 1]."""
+    import numpy as np
+
+    stack = np.clip(_stack(cams), 0.0, 1.0)
+    return _normalized(np.exp(np.log(stack + 1e-6).mean(axis=0)))
+
+
 def _registration(name: str, probs: Callable[..., dict[str, float]], cams: Callable[..., Any], text: str) -> EnsemblerRegistration:
     return EnsemblerRegistration(name=name, combine_probabilities=probs, combine_cams=cams, description=text)
 
@@ -134,3 +146,4 @@ def xcam_ensemblers() -> Iterable[EnsemblerRegistration]:
     yield _registration(
         "weighted", weighted_probabilities, weighted_cams, "weighted mean per label (weights per model); weighted CAM"
     )
+    yield _registration("product", mean_probabilities, product_cams, "mean per label; geometric-mean CAM (maps agree)")
