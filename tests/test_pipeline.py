@@ -159,6 +159,28 @@ def test_compute_cams_uses_a_classifier_fast_path(pm):
     assert np.unravel_index(out[1].argmax(), out[1].shape)[0] // 8 == 4
 
 
+def test_torch_model_for_cams_is_built_only_when_the_fast_path_cannot_serve(pm):
+    class Fast:
+        name, backend = "fast", "onnx:test"
+
+        def cam_fast_path(self, batch, class_indices, method, options):
+            return np.ones((len(class_indices), 7, 7), np.float32) if method == "gradcam" else None
+
+    built = []
+
+    def load_torch():
+        from xcam.core.inference import load_classifier
+
+        built.append(1)
+        return load_classifier(pm, "mobilenetv3", random_init=True)
+
+    batch = np.zeros((1, 1, 224, 224), np.float32)
+    compute_cams(Fast(), batch, [0], "gradcam", pm=pm, cam_classifier=load_torch)
+    assert built == []  # the ONNX graph served Grad-CAM: no PyTorch model was built
+    out = compute_cams(Fast(), batch, [0], "layercam", pm=pm, cam_classifier=load_torch)
+    assert built == [1] and out.shape == (1, 224, 224)
+
+
 def test_compute_cams_without_torch_model_is_one_clear_error(pm):
     class NoTorch:
         name, backend = "x", "onnx:CPUExecutionProvider"

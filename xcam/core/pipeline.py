@@ -290,7 +290,7 @@ def compute_cams(
     method: "CamMethodRegistration | str | None" = None,
     *,
     pm: "XcamPluginManager | None" = None,
-    cam_classifier: "Classifier | None" = None,
+    cam_classifier: "Classifier | Callable[[], Classifier] | None" = None,
     **options: Any,
 ) -> "np.ndarray":
     """CAMs for ``batch`` ``[B, 1, S, S]`` (numpy or tensor), one class index per image →
@@ -300,7 +300,7 @@ def compute_cams(
     a classifier may offer ``cam_fast_path(batch, class_indices, method_name, options)`` returning
     ``[B, h, w]`` maps, or ``None`` when it cannot serve that method/options; its maps are resized to
     ``S × S`` and normalized here. Otherwise the method plugin runs on the PyTorch model of
-    ``cam_classifier`` (default: ``classifier``), from raw logits.
+    ``cam_classifier`` (default: ``classifier``; a callable is called only then), from raw logits.
     """
     import numpy as np
 
@@ -320,6 +320,8 @@ def compute_cams(
             return normalize_maps(_resize_maps(np.asarray(maps, dtype=np.float32), size))
     import torch
 
+    if callable(cam_classifier) and not hasattr(cam_classifier, "labels"):
+        cam_classifier = cam_classifier()
     model = torch_model(cam_classifier or classifier)
     from xcam.export.fast_cam import torch_cam_fast_path  # exact Grad-CAM for GAP→linear heads
 
@@ -384,10 +386,22 @@ def ground_truth_for(label: str, ground_truth: Sequence[tuple[str, Box]]) -> lis
 # -- the pipeline ----------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
-    """A classifier (any backend) and the PyTorch classifier its CAMs run on."""
+    """A classifier (any backend) and, built on first need, the PyTorch classifier its CAMs run on
+    (an ONNX classifier whose in-graph CAMs serve the method never needs one)."""
 
     classifier: "Classifier"
-    cam_classifier: "Classifier"
+    load_cam_classifier: Callable[[], "Classifier"]
+    _cam_classifier: "Classifier | None" = None
+
+    @property
+    def cam_classifier(self) -> "Classifier":
+        if self._cam_classifier is None:
+            self._cam_classifier = self.load_cam_classifier()
+        return self._cam_classifier
+
+    @property
+    def cam_classifier_if_loaded(self) -> "Classifier | None":
+        return self._cam_classifier
 
 
 class Pipeline:
@@ -439,8 +453,10 @@ class Pipeline:
             variant = dict(self.specs)[name]
             kw = dict(device=self.device, store=self.store, random_init=self.random_init)
             clf = get_classifier(self.pm, name, variant, backend=self.backend, **kw)
-            cam_clf = clf if getattr(clf, "model", None) is not None else get_classifier(self.pm, name, variant, **kw)
-            self._loaded[name] = LoadedModel(clf, cam_clf)
+            if getattr(clf, "model", None) is not None:
+                self._loaded[name] = LoadedModel(clf, lambda: clf, clf)
+            else:
+                self._loaded[name] = LoadedModel(clf, lambda: get_classifier(self.pm, name, variant, **kw))
             self.load_seconds += time.perf_counter() - start
         return self._loaded[name]
 
@@ -502,7 +518,7 @@ class Pipeline:
             with own.stage("cam"):
                 batch = np.repeat(x[None], len(picks), axis=0)
                 cams = compute_cams(
-                    clf, batch, [i for i, _ in picks], self.method, pm=self.pm, cam_classifier=loaded.cam_classifier,
+                    clf, batch, [i for i, _ in picks], self.method, pm=self.pm, cam_classifier=lambda: loaded.cam_classifier,
                     aug_smooth=self.settings.aug_smooth, eigen_smooth=self.settings.eigen_smooth,
                     **dict(self.settings.cam_options),
                 )
@@ -510,12 +526,13 @@ class Pipeline:
                 for (index, reason), cam in zip(picks, cams):
                     findings.append(self._finding(clf.labels[index], index, float(probs[index]), reason, cam, geometry, xray, gts))
         timings.add(own)
-        model = getattr(loaded.cam_classifier, "model", None)
+        model = getattr(loaded.cam_classifier_if_loaded, "model", None)
         return ModelResult(
             model=clf.name, weights=clf.variant, backend=clf.backend, method=self.method.name,
             mask_extractor=self.mask_extractor.name, strategy=self.strategy.name, predictions=predictions,
             findings=findings, input_size=clf.input_size,
-            target_layer=getattr(model, "target_layer_path", "") if model is not None else "",
+            target_layer=getattr(model, "target_layer_path", "") if model is not None
+            else getattr(clf, "cam_layer", ""),  # CAMs came from the ONNX graph
             seconds=dict(own.seconds),
         )
 
