@@ -293,3 +293,12 @@ def test_mobilenet_and_jf_export_without_cams(pm, tmp_path):
         assert onnx_parity(model, x) < 1e-3
         artifact = export_model(model, tmp_path / f"{name}.onnx")
         assert "cams" not in OnnxClassifier.from_path(artifact.path).output_names
+
+
+def test_mobilenet_lse_head_exports(tmp_path):
+    from xcam.nets.mobilenet import MobileNetV3
+
+    torch.manual_seed(0)
+    model = MobileNetV3(["Mass", "Nodule"], "mobilenet_v3_small", 64, head="lse", dilated=True).eval()
+    model.name, model.variant = "mobilenetv3", "lse-test"
+    assert onnx_parity(model, synthetic_batch(2, 64)) < 1e-3  # log-sum-exp pooling in the graph
