@@ -197,6 +197,29 @@ def test_an_ensemble_of_one_model_twice_equals_the_model(fresh_pm, phantom_set: 
     assert double.summary["mean"]["pointing"] == single.summary["mean"]["pointing"]
 
 
+def test_cam_options_reach_the_method(fresh_pm, phantom_set: Path, random_checkpoint: Path):
+    from xcam.core.hookspecs import hookimpl
+    from xcam.core.types import CamMethodRegistration
+
+    seen: list[dict] = []
+
+    def compute(model, batch, class_indices, **options):
+        seen.append(options)
+        return np.full((len(class_indices), 8, 8), 0.5, np.float32)
+
+    class Recorder:
+        @hookimpl
+        def xcam_cam_methods(self):
+            yield CamMethodRegistration(name="recorder", compute=compute)
+
+    fresh_pm.load_object(Recorder(), name="recorder-test")
+    _evaluate(fresh_pm, phantom_set, random_checkpoint, method="recorder", cam_layers=None)
+    assert seen and all(o == {"aug_smooth": True} for o in seen)  # the default
+    seen.clear()
+    _evaluate(fresh_pm, phantom_set, random_checkpoint, method="recorder", cam_layers=None, aug_smooth=False)
+    assert seen and all(not o.get("aug_smooth") for o in seen)
+
+
 def test_layer_fusion_and_unknown_method(fresh_pm, phantom_set: Path, random_checkpoint: Path):
     from xcam.core.errors import UsageError
 

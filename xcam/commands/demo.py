@@ -15,7 +15,7 @@ import click
 # name -> (train images, held-out images, phantom px, input px, epochs, batch, lr); trained without
 # augmentation and with sqrt positive weights: what learned fastest in short CPU runs (docs/training.md)
 PRESETS: dict[str, tuple[int, int, int, int, int, int, float]] = {
-    "full": (4000, 150, 192, 192, 5, 16, 2e-3),
+    "full": (4000, 120, 192, 192, 5, 16, 2e-3),
     "fast": (300, 60, 128, 128, 6, 16, 2e-3),
 }
 ARCH = "mobilenet_v3_small"

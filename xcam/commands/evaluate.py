@@ -6,7 +6,13 @@ import click
 
 from xcam.commands._common import accept_changed_weights_option, device_option, weights_dir_option
 
-from xcam.evaluation.defaults import DEFAULT_ENSEMBLER, DEFAULT_MASK, DEFAULT_METHOD, DEFAULT_STRATEGY
+from xcam.evaluation.defaults import (
+    DEFAULT_AUG_SMOOTH,
+    DEFAULT_ENSEMBLER,
+    DEFAULT_MASK,
+    DEFAULT_METHOD,
+    DEFAULT_STRATEGY,
+)
 
 
 def _csv_list(text: str | None) -> list[str] | None:
@@ -46,6 +52,9 @@ def _options(pairs: tuple[str, ...], what: str) -> dict[str, object]:
 @click.option("--cam-layer", default="auto", show_default=True,
               help="Target layer(s), comma-separated (several are fused); 'model': the model's own; "
                    "'auto': the best measured fusion for known architectures, else the model's own.")
+@click.option("--aug-smooth/--no-aug-smooth", default=DEFAULT_AUG_SMOOTH, show_default=True,
+              help="Test-time augmentation of each CAM (pytorch-grad-cam's aug_smooth: flips x 3 brightness "
+                   "factors, 6 passes; localized better on phantoms).")
 @click.option("--mask", default=DEFAULT_MASK, show_default=True, help="Mask extractor plugin.")
 @click.option("--mask-option", multiple=True, help="key=value passed to the mask extractor (repeatable).")
 @click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, help="Bounding-box strategy plugin.")
@@ -58,7 +67,7 @@ def _options(pairs: tuple[str, ...], what: str) -> dict[str, object]:
 @device_option
 @weights_dir_option
 @accept_changed_weights_option
-def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, method, cam_layer, mask, mask_option, strategy,
+def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, method, cam_layer, aug_smooth, mask, mask_option, strategy,
              strategy_option, ensembler, output, random_weights, montage, quiet, device, weights_dir,
              accept_changed_weights) -> None:
     """Localize every box of a BBox_List with CAMs and score it as Wang et al. 2017 did.
@@ -81,7 +90,7 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, method,
     config = EvalConfig(
         imgpath=imgpath, bbox_csv=bbox_csv, csvpath=csvpath, models=_csv_list(models) or ["mobilenetv3"],
         weights=_csv_list(weights) or [None], model_weights=ensemble_w, method=method, mask=mask, strategy=strategy,
-        ensembler=ensembler, cam_layers=_layers(cam_layer), mask_options=_options(mask_option, "--mask-option"),
+        ensembler=ensembler, cam_layers=_layers(cam_layer), aug_smooth=aug_smooth, mask_options=_options(mask_option, "--mask-option"),
         strategy_options=_options(strategy_option, "--strategy-option"), output=output, random_init=random_weights,
         device=resolve_device(device), weights_dir=weights_dir, accept_changed=accept_changed_weights,
         montage=montage, progress=not quiet,

@@ -20,6 +20,7 @@ from xcam.evaluation.groundtruth import GroundTruthBox, read_boxes, read_image_l
 from xcam.evaluation.protocol import BoxRecord, summarize
 
 from xcam.evaluation.defaults import (  # noqa: F401 (re-exported)
+    DEFAULT_AUG_SMOOTH,
     DEFAULT_ENSEMBLER,
     DEFAULT_LAYERS,
     DEFAULT_MASK,
@@ -43,6 +44,7 @@ class EvalConfig:
     strategy: str = DEFAULT_STRATEGY
     ensembler: str = DEFAULT_ENSEMBLER
     cam_layers: list[str] | str | None = DEFAULT_LAYERS
+    aug_smooth: bool = DEFAULT_AUG_SMOOTH  # pytorch-grad-cam's test-time augmentation (6 passes per CAM)
     mask_options: dict[str, Any] = field(default_factory=dict)
     strategy_options: dict[str, Any] = field(default_factory=dict)
     output: str | None = "eval"
@@ -182,7 +184,8 @@ def evaluate(config: EvalConfig, pm: Any = None) -> EvalResult:
     strategy = pm.bbox_strategy(config.strategy).boxes
     ensembler = pm.ensembler(config.ensembler)
     models = load_models(pm, config)
-    settings = CamSettings(method, ensembler.combine_cams, config.cam_layers)
+    settings = CamSettings(method, ensembler.combine_cams, config.cam_layers,
+                           {"aug_smooth": True} if config.aug_smooth else None)
 
     by_image: dict[str, list[GroundTruthBox]] = defaultdict(list)
     for gt in boxes:
