@@ -320,7 +320,7 @@ def compute_cams(
             return normalize_maps(_resize_maps(np.asarray(maps, dtype=np.float32), size))
     import torch
 
-    if callable(cam_classifier) and not hasattr(cam_classifier, "labels"):
+    if callable(cam_classifier):  # a loader (classifiers themselves are not callable)
         cam_classifier = cam_classifier()
     model = torch_model(cam_classifier or classifier)
     from xcam.export.fast_cam import torch_cam_fast_path  # exact Grad-CAM for GAP→linear heads

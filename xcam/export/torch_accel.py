@@ -16,6 +16,8 @@ import numpy as np
 from xcam.core.inference import TorchClassifier
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from xcam.core.model import XCamModel
 
 AMP_DTYPES = ("fp16", "bf16")
@@ -43,16 +45,27 @@ class AcceleratedTorchClassifier(TorchClassifier):
         parts += [f"compile-{compile_mode}"] if compile_mode else []
         self.backend = "+".join(parts)
 
-    def _run(self, batch: np.ndarray, calibrated: bool) -> np.ndarray:
+    def _input(self, batch: np.ndarray) -> "torch.Tensor":
+        """``batch`` on the device, in channels_last when that is on."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _autocast(self) -> "torch.autocast":
+        """Autocast to the ``amp`` dtype on this device (disabled when ``amp`` is None)."""
         import torch
 
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.amp or "")
         device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+    def _run(self, batch: np.ndarray, calibrated: bool) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            x = self._input(batch)
+            with self._autocast():
                 out = self._forward(x)
             out = out.float()
             if calibrated:
@@ -69,13 +82,9 @@ class AcceleratedTorchClassifier(TorchClassifier):
         if head is None:
             return None
         features, linear = head
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.amp or "")
-        device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            x = self._input(batch)
+            with self._autocast():
                 a = features(x)
             cams = raw_cams(a.float(), linear.weight.float())
         return normalize_cams(cams.cpu().numpy())
