@@ -250,3 +250,28 @@ def test_evaluate_runs_on_the_real_nih_subset(shared_data: Path, tmp_path: Path,
     assert summary["mean"]["auc"] is not None  # labels of the 59 images give per-class AUCs
     for r in saved["records"]:
         assert r["width"] == r["height"] == 1024
+
+
+def test_unreadable_image_is_skipped_reported_and_recorded(phantom_set: Path, random_checkpoint: Path,
+                                                           tmp_path: Path):
+    import shutil
+    import subprocess
+    import sys
+
+    images = tmp_path / "images"
+    shutil.copytree(phantom_set / "images", images)
+    names = sorted({line.split(",")[0] for line in (phantom_set / "BBox_List_2017.csv").read_text().splitlines()[1:]})
+    broken = images / names[0]
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated PNG
+    proc = subprocess.run(
+        [sys.executable, "-m", "xcam.cli", "evaluate", "--imgpath", str(images),
+         "--bbox-csv", str(phantom_set / "BBox_List_2017.csv"), "--weights", str(random_checkpoint),
+         "--no-aug-smooth", "--quiet", "--montage", "0", "--output", str(tmp_path / "eval")],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped:")]
+    assert len(skipped) == 1 and names[0] in skipped[0] and "corrupt" in skipped[0]
+    assert "WARN" not in proc.stderr and "Traceback" not in proc.stderr  # no OpenCV noise
+    summary = json.loads((tmp_path / "eval" / "results.json").read_text())["summary"]
+    assert list(summary["images"]["unreadable"]) == [names[0]]
+    assert "unreadable: 1" in (tmp_path / "eval" / "results.md").read_text()

@@ -103,6 +103,8 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, method,
         auc = f", AUC {mean['auc']:.3f}" if mean.get("auc") is not None else ""
         click.echo(f"class mean: pointing {mean['pointing']:.3f}, T(IoBB>0.25) {mean['iobb']['0.25']:.3f}, "
                    f"T(IoU>0.1) {mean['iou']['0.1']:.3f}, mIoU {mean['miou']:.3f}{auc} over {mean['n_boxes']} boxes")
+    for reason in s["images"]["unreadable"].values():
+        click.echo(f"skipped: {reason}", err=True)
     if s.get("skipped"):
         click.echo(f"not evaluated (no model predicts the class): {s['skipped']}", err=True)
     for name, path in result.files.items():

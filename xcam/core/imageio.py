@@ -122,6 +122,7 @@ def _read_raster(path: Path, data: bytes) -> XrayImage:
         raise ImageLoadError(path, f"zero-size image ({width}x{height})")
     if width * height > MAX_PIXELS:
         raise ImageLoadError(path, f"image too large ({width}x{height} > {MAX_PIXELS} pixels)")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # we report bad data in one line
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None or array.size == 0:
         raise ImageLoadError(path, "truncated or corrupt image data")

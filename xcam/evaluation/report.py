@@ -72,7 +72,7 @@ def markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         + (f" fused over layers {', '.join(layers)}" if layers else "")
         + f"; mask `{config['mask']}`; boxes `{config['strategy']}`; ensembler `{config['ensembler']}`.",
         f"Box list: `{config['bbox_csv']}`; images found: {summary['images']['found']} of "
-        f"{summary['images']['with_boxes']}.", "",
+        f"{summary['images']['with_boxes']}, unreadable: {len(summary['images'].get('unreadable', {}))}.", "",
         "## CAM beside the baselines", "",
         "Each cell: CAM / whole-lung-field box / centre box of the class's mean size.", "",
         baseline_table(summary), "",

@@ -194,10 +194,12 @@ def evaluate(config: EvalConfig, pm: Any = None) -> EvalResult:
     if not paths:
         raise UsageError(f"{config.imgpath}: none of the {len(by_image)} images of {Path(config.bbox_csv).name} was found")
     records: list[BoxRecord] = []
+    unreadable: dict[str, str] = {}  # image name -> the one-line reason
     for name in tqdm(sorted(paths), desc="localize", disable=not config.progress, leave=False):
         try:
             image = load_image(paths[name])
-        except XcamError:
+        except XcamError as exc:
+            unreadable[name] = str(exc)
             continue
         gts = by_image[name]
         cams = ensemble_cams(models, image, sorted({g.label for g in gts}), settings, config.model_weights)
@@ -213,7 +215,8 @@ def evaluate(config: EvalConfig, pm: Any = None) -> EvalResult:
     aucs = class_aucs(pm, models, config, ensembler.combine_probabilities) if config.csvpath else None
     order = [c for m in models for c in m.labels if c]
     summary = summarize(records, aucs, order)
-    summary["images"] = {"with_boxes": len(by_image), "found": len(paths), "missing": len(by_image) - len(paths)}
+    summary["images"] = {"with_boxes": len(by_image), "found": len(paths), "missing": len(by_image) - len(paths),
+                         "unreadable": unreadable}
     summary["models"] = [{"name": m.name, "weights": m.variant, "cam_layer": "+".join(settings.layers_for(m.model)),
                           "input_size": m.input_size} for m in models]
     result = EvalResult(summary, records, config, models=list(models), settings=settings)
