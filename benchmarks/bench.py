@@ -346,7 +346,7 @@ def _cam_variants(setup: ModelSetup, settings: BenchSettings, plugin: Any) -> tu
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from xcam.core.inference import TorchClassifier
-    from xcam.export.fast_cam import fast_gradcam_torch
+    from xcam.core.cam_math import fast_gradcam_torch
     from xcam.export.onnx_export import strip_cams
     from xcam.export.runtime import OnnxClassifier
 
@@ -390,7 +390,7 @@ def _cam_variants(setup: ModelSetup, settings: BenchSettings, plugin: Any) -> tu
 def section_cams(setups: list[ModelSetup], settings: BenchSettings, log: Callable[[str], None],
                  skipped: list[str]) -> list[dict[str, Any]]:
     from xcam.core.manager import get_plugin_manager
-    from xcam.export.fast_cam import supports_fast_cam
+    from xcam.core.cam_math import supports_fast_cam
 
     plugin = get_plugin_manager().cam_method("gradcam")
     rows = []

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from xcam.core.imageio import load_image
-from xcam.core.inference import load_classifier
+from xcam.export.backends import load_classifier
 from xcam.core.preprocess import preprocess
 from xcam.core.weights import WeightsStore
 from xcam.plugins.classifiers.xrv_catalog import DENSENET_VARIANTS, RESNET_VARIANTS

@@ -222,7 +222,7 @@ def test_gpu_torch_probabilities_and_cams_match_cpu(gpu_models):
     import copy
 
     from xcam.core.inference import TorchClassifier
-    from xcam.export.fast_cam import fast_gradcam_torch
+    from xcam.core.cam_math import fast_gradcam_torch
 
     _torch, model, x = gpu_models
     cpu = TorchClassifier(copy.deepcopy(model), "cpu")
@@ -244,7 +244,7 @@ def test_gpu_autocast_channels_last_keeps_parity(gpu_models, amp):
     fast = AcceleratedTorchClassifier(copy.deepcopy(model), "cuda", amp=amp, channels_last=True)
     tol = 2e-2 if amp == "fp16" else 5e-2
     assert np.abs(fast.predict(x) - ref.predict(x)).max() < tol
-    from xcam.export.fast_cam import fast_gradcam_torch
+    from xcam.core.cam_math import fast_gradcam_torch
 
     assert np.abs(fast.all_class_cams(x) - fast_gradcam_torch(ref.model, x).numpy()).max() < 0.1
 

@@ -169,7 +169,7 @@ def test_torch_model_for_cams_is_built_only_when_the_fast_path_cannot_serve(pm):
     built = []
 
     def load_torch():
-        from xcam.core.inference import load_classifier
+        from xcam.export.backends import load_classifier
 
         built.append(1)
         return load_classifier(pm, "mobilenetv3", random_init=True)

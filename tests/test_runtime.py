@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from xcam.core.errors import XcamError
-from xcam.core.inference import TorchClassifier, load_classifier
+from xcam.core.inference import TorchClassifier
+from xcam.export.backends import load_classifier
 from xcam.core.weights import WeightsStore
 from xcam.export import onnx_export
 from xcam.export.runtime import OnnxClassifier
@@ -53,7 +54,7 @@ def test_probabilities_and_logits_match_torch_on_real_images(onnx_clf, torch_clf
 
 
 def test_all_class_cams_match_torch_einsum_on_real_images(onnx_clf, torch_clf, real_batch):
-    from xcam.export.fast_cam import fast_gradcam_torch
+    from xcam.core.cam_math import fast_gradcam_torch
 
     cams = onnx_clf.all_class_cams(real_batch)
     assert cams.shape == (3, 18, 7, 7) and cams.min() >= 0 and cams.max() <= 1

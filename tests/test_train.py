@@ -111,7 +111,7 @@ def test_resume_continues_with_the_same_state(phantoms: Path, tmp_path: Path):
 def test_checkpoint_is_plain_data_and_loads_in_the_plugin(phantoms: Path, tmp_path: Path, pm):
     import torch
 
-    from xcam.core.inference import load_classifier
+    from xcam.export.backends import load_classifier
     from xcam.core.weights import WeightsStore
     from xcam.train.loop import train
 
@@ -178,7 +178,7 @@ def test_lse_head_checkpoint_loads_with_its_head_and_refuses_another(phantoms: P
     import torch
 
     from xcam.core.errors import UsageError
-    from xcam.core.inference import load_classifier
+    from xcam.export.backends import load_classifier
     from xcam.core.weights import WeightsStore
     from xcam.train.loop import train
 

@@ -47,7 +47,7 @@ def classify(inputs, model, weights, threshold, backend, device, weights_dir, ac
     """Classify chest X-rays and print all probabilities, sorted, with the positive findings."""
     from xcam.core.errors import XcamError
     from xcam.core.imageio import load_image
-    from xcam.core.inference import load_classifier
+    from xcam.export.backends import load_classifier
     from xcam.core.preprocess import preprocess
     from xcam.core.weights import WeightsStore
 

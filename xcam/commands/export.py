@@ -34,7 +34,7 @@ def _report_lines(result: dict) -> list[str]:
 def _int8_deviation(fp32: Path, int8: Path, batch, source: str) -> dict:
     import numpy as np
 
-    from xcam.export.fast_cam import normalize_cams
+    from xcam.core.cam_math import normalize_cams
     from xcam.export.runtime import OnnxClassifier
 
     a, b = OnnxClassifier.from_path(fp32, "cpu").run(batch), OnnxClassifier.from_path(int8, "cpu").run(batch)

@@ -8,13 +8,18 @@ Format::
 
     [defaults]
     classifier = "densenet121"
-    cam_method = "gradcam"
-    mask_extractor = "otsu"
-    bbox_strategy = "largest"
-    ensembler = "mean"
+    profile = "default"                  # the settings profile every command uses (see below)
 
     [options.densenet121]                # passed to that classifier's builder as request.options
     weights = "densenet121-res224-nih"   # the variant used when --weights is not given
+
+    [profiles.mine]                      # a named settings profile (xcam/chain/profiles.toml has
+    extends = "default"                  # the built-in ones); `--profile mine` on any command
+    cam_method = "gradcam++"
+
+The keys ``cam_method``, ``mask_extractor``, ``bbox_strategy`` and ``ensembler`` under
+``[defaults]`` are accepted for older files: they override those settings of every profile.
+Profiles are parsed and checked by :mod:`xcam.chain.settings`; here they are kept as tables.
 
 Search order: the ``--config`` option, ``$XCAM_CONFIG``, ``./plugins.toml``,
 ``~/.config/xcam/plugins.toml``. A missing file means the built-in defaults.
@@ -32,11 +37,10 @@ from xcam.core.errors import XcamError
 
 BUILTIN_DEFAULTS: dict[str, str] = {
     "classifier": "densenet121",
-    "cam_method": "gradcam",
-    "mask_extractor": "otsu",
-    "bbox_strategy": "largest",
-    "ensembler": "mean",
+    "profile": "default",
 }
+PROFILE_OVERRIDE_KEYS: tuple[str, ...] = ("cam_method", "mask_extractor", "bbox_strategy", "ensembler")
+"""``[defaults]`` keys of older files: each overrides that setting of every profile."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class XcamConfig:
     enabled: frozenset[str] | None = None
     defaults: dict[str, str] = field(default_factory=lambda: dict(BUILTIN_DEFAULTS))
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)  # [defaults] keys of PROFILE_OVERRIDE_KEYS
 
     def plugin_options(self, name: str) -> dict[str, Any]:
         return dict(self.options.get(name, {}))
@@ -85,14 +91,21 @@ def load_config(path: str | Path | None = None) -> XcamConfig:
     plugins = data.get("plugins", {})
     enabled = plugins.get("enabled")
     defaults = dict(BUILTIN_DEFAULTS)
-    defaults.update({k: str(v) for k, v in data.get("defaults", {}).items()})
-    unknown = set(defaults) - set(BUILTIN_DEFAULTS)
+    given = {k: str(v) for k, v in data.get("defaults", {}).items()}
+    unknown = set(given) - set(BUILTIN_DEFAULTS) - set(PROFILE_OVERRIDE_KEYS)
     if unknown:
-        raise XcamError(f"{file}: unknown [defaults] keys {sorted(unknown)}; valid: {sorted(BUILTIN_DEFAULTS)}")
+        valid = sorted(set(BUILTIN_DEFAULTS) | set(PROFILE_OVERRIDE_KEYS))
+        raise XcamError(f"{file}: unknown [defaults] keys {sorted(unknown)}; valid: {valid}")
+    defaults.update({k: v for k, v in given.items() if k in BUILTIN_DEFAULTS})
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise XcamError(f"{file}: [profiles.NAME] must be tables")
     return XcamConfig(
         path=file,
         disabled=frozenset(plugins.get("disabled", [])),
         enabled=frozenset(enabled) if enabled is not None else None,
         defaults=defaults,
         options={k: dict(v) for k, v in data.get("options", {}).items()},
+        profiles={k: dict(v) for k, v in profiles.items()},
+        overrides={k: v for k, v in given.items() if k in PROFILE_OVERRIDE_KEYS},
     )

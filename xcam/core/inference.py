@@ -1,7 +1,16 @@
-"""One interface for running a classifier, whatever the backend (PyTorch or ONNX Runtime).
+"""One interface for running a classifier, whatever the backend: :class:`Classifier`.
 
-Commands that run models call :func:`load_classifier` and use :class:`Classifier` methods on
-numpy batches ``[B, 1, S, S]`` (already preprocessed with :func:`xcam.core.preprocess.preprocess`).
+A backend declares what it offers instead of being probed for it:
+
+* ``autograd_model`` — the PyTorch :class:`~xcam.core.model.XCamModel` that CAM-method plugins
+  run on (``None`` for a backend without autograd, such as ONNX Runtime);
+* ``in_graph_cams`` — the CAM methods it computes for *every* class inside its forward pass, at
+  ``cam_layer`` (``{"gradcam"}`` for GAP → linear heads: see :mod:`xcam.core.cam_math`), served
+  by :meth:`Classifier.predict_with_cams` at no extra inference.
+
+Backends are built by :func:`xcam.export.backends.load_classifier`; this module holds the
+PyTorch one, :class:`TorchClassifier`. Batches are numpy ``[B, 1, S, S]``, already preprocessed
+with :func:`xcam.core.preprocess.preprocess`.
 """
 
 from __future__ import annotations
@@ -11,9 +20,9 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from xcam.core.manager import XcamPluginManager
+    import torch
+
     from xcam.core.model import XCamModel
-    from xcam.core.weights import WeightsStore
 
 
 class Classifier(Protocol):
@@ -26,14 +35,24 @@ class Classifier(Protocol):
     input_size: int
     preprocessing: str
     backend: str  # e.g. "torch:cpu", "onnx:CPUExecutionProvider"
+    autograd_model: "XCamModel | None"
+    in_graph_cams: frozenset[str]
+    cam_layer: str  # the layer in-graph CAMs come from ("" without them)
+    localization_layers: tuple[str, ...]  # layers whose fused CAM localized best (empty: the target layer)
 
     def logits(self, batch: np.ndarray) -> np.ndarray: ...
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def predict_with_cams(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities ``[B, C]`` and, with in-graph CAMs, every class's map
+        ``[B, C, h, w]`` min-max normalized to [0, 1] (``None`` without them)."""
+        ...
+
 
 class TorchClassifier:
-    """PyTorch backend: also the one CAM methods use (``.model`` is the :class:`XCamModel`)."""
+    """PyTorch backend: its model is the one CAM plugins use; GAP → linear heads also give the
+    exact all-class Grad-CAM from the forward pass."""
 
     def __init__(self, model: "XCamModel", device: str = "cpu") -> None:
         self.model = model.to(device).eval()
@@ -44,13 +63,25 @@ class TorchClassifier:
         self.input_size = model.input_size
         self.preprocessing = model.preprocessing
         self.backend = f"torch:{device}"
+        self._head = model.gap_linear_head()
+        self.in_graph_cams: frozenset[str] = frozenset({"gradcam"}) if self._head is not None else frozenset()
+        self.cam_layer = model.target_layer_path if self._head is not None else ""
+        self.localization_layers = tuple(model.localization_layers)
+
+    @property
+    def autograd_model(self) -> "XCamModel":
+        return self.model
+
+    def _input(self, batch: np.ndarray) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
 
     def _run(self, batch: np.ndarray, calibrated: bool) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            out = self.model(x)
+            out = self.model(self._input(batch))
             if calibrated:
                 out = self.model.calibrate(out)
             return out.float().cpu().numpy()
@@ -61,38 +92,24 @@ class TorchClassifier:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch, calibrated=True)
 
+    def predict_with_cams(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One forward pass: probabilities and (GAP → linear heads) normalized all-class Grad-CAMs."""
+        import torch
+
+        from xcam.core.cam_math import normalize_cams, raw_cams
+
+        if self._head is None:
+            return self.predict(batch), None
+        features, linear = self._head
+        with torch.inference_mode():
+            a = features(self._input(batch)).float()
+            logits = linear(a.mean(dim=(2, 3)))
+            probs = self.model.calibrate(logits).float().cpu().numpy()
+            cams = raw_cams(a, linear.weight.float()).cpu().numpy()
+        return probs, normalize_cams(cams)
+
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             return self.model.calibrate(torch.from_numpy(logits)).numpy()
-
-
-def load_classifier(
-    pm: "XcamPluginManager",
-    name: str | None = None,
-    variant: str | None = None,
-    *,
-    backend: str = "torch",
-    device: str = "cpu",
-    store: "WeightsStore | None" = None,
-    random_init: bool = False,
-) -> Classifier:
-    """Build a classifier by plugin name and variant on the chosen backend.
-
-    ``backend``: ``torch`` here; ``onnx``/``auto`` are handled by :mod:`xcam.export.runtime`
-    when it is installed in this package.
-    """
-    registration = pm.classifier(name)
-    options = pm.config.plugin_options(registration.name)
-    if variant is None:
-        variant = options.get("weights")
-    if backend in ("onnx", "auto", "onnx-int8"):
-        from xcam.export.runtime import load_onnx_classifier  # noqa: PLC0415
-
-        return load_onnx_classifier(
-            registration, variant, backend=backend, device=device, store=store, random_init=random_init,
-            options=options,
-        )
-    model = registration.build(variant, store=store, device=device, options=options, random_init=random_init)
-    return TorchClassifier(model, device)

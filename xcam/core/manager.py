@@ -181,7 +181,9 @@ class XcamPluginManager(pluggy.PluginManager):
         return self._collect("xcam_ensemblers")
 
     def _get(self, kind: str, table: dict[str, R], name: str | None) -> R:
-        if name is None:
+        if name is None:  # only the classifier has a default here; the rest come from a settings profile
+            if kind not in self.config.defaults:
+                raise PluginError(f"no {kind.replace('_', ' ')} named (take it from a settings profile)")
             name = self.config.defaults[kind]
         if name in table:
             return table[name]

@@ -284,25 +284,40 @@ def _same_shape_masks(a: "np.ndarray", b: "np.ndarray") -> tuple["np.ndarray", "
     return a, b
 
 
+def cam_peak(cam: "np.ndarray") -> tuple[int, int] | None:
+    """``(row, col)`` of a CAM's first arg-max pixel; ``None`` for a constant, empty or all-NaN CAM."""
+    import numpy as np
+
+    a = np.nan_to_num(np.asarray(cam, dtype=np.float64), nan=-np.inf)
+    if a.ndim != 2 or a.size == 0 or not np.isfinite(a.max()) or a.max() <= a.min():
+        return None
+    r, c = np.unravel_index(int(np.argmax(a)), a.shape)
+    return int(r), int(c)
+
+
+def point_hit(point: tuple[float, float] | None, gt: Box, tolerance: float = 0.0) -> bool:
+    """Whether ``(x, y)`` lies within ``tolerance`` pixels of the box ``[x, x + w] × [y, y + h]``
+    (``None``, no point: a miss)."""
+    if point is None:
+        return False
+    px, py = point
+    x, y, w, h = as_xywh(gt)
+    dx = max(x - px, 0.0, px - (x + w))
+    dy = max(y - py, 0.0, py - (y + h))
+    return math.hypot(dx, dy) <= tolerance
+
+
 def pointing_game_hit(cam: "np.ndarray", gt: Box, tolerance: float = 0.0) -> bool:
     """Pointing game (Zhang et al. 2016): a hit when the CAM's maximum lies in the ground-truth box.
 
     The CAM must be in the box's (original image) grid. The point is the centre ``(c + ½, r + ½)`` of
     the first arg-max pixel; it hits when its distance to the box is ``≤ tolerance`` pixels (0: inside
     ``[x, x + w] × [y, y + h]``; the literature often uses 15). A constant, empty or all-NaN CAM has no
-    maximum: a miss.
+    maximum: a miss. (The chain measures the peak in its work grid and maps it to original pixels,
+    then calls :func:`point_hit`.)
     """
-    import numpy as np
-
-    a = np.nan_to_num(np.asarray(cam, dtype=np.float64), nan=-np.inf)
-    if a.ndim != 2 or a.size == 0 or not np.isfinite(a.max()) or a.max() <= a.min():
-        return False
-    r, c = np.unravel_index(int(np.argmax(a)), a.shape)
-    px, py = c + 0.5, r + 0.5
-    x, y, w, h = as_xywh(gt)
-    dx = max(x - px, 0.0, px - (x + w))
-    dy = max(y - py, 0.0, py - (y + h))
-    return math.hypot(dx, dy) <= tolerance
+    peak = cam_peak(cam)
+    return point_hit(None if peak is None else (peak[1] + 0.5, peak[0] + 0.5), gt, tolerance)
 
 
 # -- dataset level (Wang et al. 2017) ------------------------------------------------------

@@ -38,6 +38,8 @@ class XCamModel(nn.Module):
     variant: str = ""
     preprocessing: str = "xrv"
     target_layer_path: str = ""
+    localization_layers: tuple[str, ...] = ()
+    """Layers whose fused CAM localized best as measured (``cam_layers = "auto"``); empty: the target layer."""
     weights_path: str | None = None
     weights_sha256: str | None = None
 

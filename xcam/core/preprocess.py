@@ -59,6 +59,104 @@ class Geometry:
         return square[self.pad_y : self.pad_y + self.original_height, self.pad_x : self.pad_x + self.original_width]
 
 
+@dataclass(frozen=True)
+class WorkGrid:
+    """The original image at a bounded resolution: where masks and boxes are computed.
+
+    The padded square of :class:`Geometry` is taken at ``side × side`` pixels and the padding is
+    cropped off (rows ``y0:y1``, columns ``x0:x1``), so the grid covers exactly the original image.
+    A work pixel ``(col, row)`` spans original pixels ``[col·sx, (col+1)·sx) × [row·sy, (row+1)·sy)``.
+    ``side`` is the model's input size by default (a CAM holds no finer detail than that), or the
+    original's longer side for full-resolution work.
+    """
+
+    width: int  # original image
+    height: int
+    side: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @classmethod
+    def of(cls, geometry: Geometry, side: int | None = None) -> "WorkGrid":
+        """The grid of ``geometry`` at ``side`` (default: the geometry's own model size)."""
+        side = int(side or geometry.size)
+        f = side / geometry.side
+        x0, y0 = int(round(geometry.pad_x * f)), int(round(geometry.pad_y * f))
+        x1 = max(x0 + 1, min(side, int(round((geometry.pad_x + geometry.original_width) * f))))
+        y1 = max(y0 + 1, min(side, int(round((geometry.pad_y + geometry.original_height) * f))))
+        return cls(geometry.original_width, geometry.original_height, side, x0, y0, x1, y1)
+
+    @classmethod
+    def full(cls, geometry: Geometry) -> "WorkGrid":
+        """The original pixel grid itself."""
+        return cls.of(geometry, geometry.side)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` of a work map."""
+        return (self.y1 - self.y0, self.x1 - self.x0)
+
+    @property
+    def scale_x(self) -> float:
+        return self.width / (self.x1 - self.x0)
+
+    @property
+    def scale_y(self) -> float:
+        return self.height / (self.y1 - self.y0)
+
+    def from_model(self, maps: np.ndarray) -> np.ndarray:
+        """Maps in model space (square, any resolution; ``[h, w]`` or ``[N, h, w]``) → work maps
+        (bilinear resize to ``side`` when needed, then the padding cropped off), float32."""
+        import cv2
+
+        a = np.asarray(maps, dtype=np.float32)
+        single = a.ndim == 2
+        stack = a[None] if single else a
+        if stack.shape[-1] != self.side or stack.shape[-2] != self.side:
+            stack = np.stack([cv2.resize(m, (self.side, self.side), interpolation=cv2.INTER_LINEAR) for m in stack]) \
+                if len(stack) else np.zeros((0, self.side, self.side), np.float32)
+        out = stack[:, self.y0 : self.y1, self.x0 : self.x1]
+        return out[0] if single else out
+
+    def resample(self, work_map: np.ndarray, other: "WorkGrid") -> np.ndarray:
+        """A map of ``other`` (the same image at another resolution) in this grid."""
+        import cv2
+
+        if other.shape == self.shape:
+            return np.asarray(work_map, dtype=np.float32)
+        return cv2.resize(np.asarray(work_map, dtype=np.float32), (self.shape[1], self.shape[0]),
+                          interpolation=cv2.INTER_LINEAR)
+
+    def box_to_original(self, x: float, y: float, w: float, h: float) -> tuple[float, float, float, float]:
+        """A box in work pixels → original pixels, clipped to the image."""
+        sx, sy = self.scale_x, self.scale_y
+        x0, y0 = min(max(x * sx, 0.0), self.width), min(max(y * sy, 0.0), self.height)
+        x1, y1 = min(max((x + w) * sx, 0.0), self.width), min(max((y + h) * sy, 0.0), self.height)
+        return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
+
+    def point_to_original(self, row: int, col: int) -> tuple[float, float]:
+        """The centre of work pixel ``(row, col)`` as original ``(x, y)``."""
+        return ((col + 0.5) * self.scale_x, (row + 0.5) * self.scale_y)
+
+    def to_original(self, work_map: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+        """A work map at the original resolution (for rendering), float32 or bool as given."""
+        import cv2
+
+        a = np.asarray(work_map)
+        if a.shape == (self.height, self.width):
+            return a
+        if a.dtype == bool:
+            return cv2.resize(a.astype(np.uint8), (self.width, self.height), interpolation=cv2.INTER_NEAREST) > 0
+        flag = cv2.INTER_LINEAR if interpolation == "linear" else cv2.INTER_NEAREST
+        return cv2.resize(a.astype(np.float32), (self.width, self.height), interpolation=flag)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"width": self.shape[1], "height": self.shape[0], "side": self.side,
+                "original_width": self.width, "original_height": self.height}
+
+
 def pad_to_square(pixels: np.ndarray) -> tuple[np.ndarray, int, int]:
     h, w = pixels.shape
     side = max(h, w)

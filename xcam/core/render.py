@@ -20,10 +20,17 @@ if TYPE_CHECKING:  # pragma: no cover
 Color = tuple[int, int, int]
 GREEN: Color = (0, 255, 0)  # BGR
 RED: Color = (0, 0, 255)
+MAGENTA: Color = (255, 0, 255)
+
+# The one box colour convention of every rendered image (each also carries a legend):
+TRUTH: Color = GREEN
+"""Ground-truth boxes."""
+PREDICTION: Color = MAGENTA
+"""xcam's predicted box (a model's, or the consolidated one): magenta, a colour the jet heatmap never shows."""
 PALETTE: tuple[Color, ...] = (
-    (255, 128, 0), (0, 200, 255), (255, 0, 255), (255, 255, 0), (128, 0, 255), (0, 128, 255), (200, 200, 200),
+    (255, 128, 0), (0, 200, 255), (255, 255, 0), (128, 0, 255), (0, 128, 255), (200, 200, 200), (0, 0, 255),
 )
-"""Colours for per-model boxes (BGR); green and red are kept for prediction and ground truth."""
+"""Colours for per-model boxes beside a consolidated one (BGR); never the truth or prediction colour."""
 
 
 def cam_to_uint8(cam: Any) -> "np.ndarray":
@@ -132,6 +139,39 @@ def draw_boxes(image: Any, boxes: Iterable[Sequence[Any]], thickness: int | None
             placed.append((tx, ty - th, tx + tw, ty + base))
             cv2.putText(out, str(label), (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, font, color, weight, cv2.LINE_AA)
     return out
+
+
+def add_legend(image: Any, entries: Sequence[tuple[Color, str]]) -> "np.ndarray":
+    """``image`` (BGR copy) with a key in its lower-left corner: a line in each colour and its meaning."""
+    import cv2
+
+    out = to_bgr(image)
+    entries = list(dict.fromkeys((tuple(int(c) for c in color), str(text)) for color, text in entries))
+    if not entries:
+        return out
+    side = max(out.shape[:2])
+    font = max(0.35, side / 1400)
+    weight = max(1, round(side / 700))
+    sizes = [cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, weight) for _, text in entries]
+    line_h = max(h + b for (_, h), b in sizes) + 6
+    swatch = max(12, line_h)
+    width = swatch + 10 + max(w for (w, _), _ in sizes) + 8
+    height = line_h * len(entries) + 6
+    x0, y0 = 4, max(0, out.shape[0] - height - 4)
+    x1, y1 = min(out.shape[1] - 1, x0 + width), min(out.shape[0] - 1, y0 + height)
+    region = out[y0:y1, x0:x1]
+    region[:] = (region * 0.35).astype(region.dtype)  # darkened backdrop keeps the key readable
+    for i, ((color, text), ((_, th), _)) in enumerate(zip(entries, sizes)):
+        cy = y0 + 3 + i * line_h + line_h // 2
+        cv2.line(out, (x0 + 4, cy), (x0 + 4 + swatch, cy), color, max(2, weight + 1))
+        cv2.putText(out, text, (x0 + swatch + 10, cy + th // 2), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255),
+                    weight, cv2.LINE_AA)
+    return out
+
+
+def draw_annotated(image: Any, boxes: Iterable[Sequence[Any]], legend: Sequence[tuple[Color, str]]) -> "np.ndarray":
+    """:func:`draw_boxes` then :func:`add_legend`: what every rendered box image uses."""
+    return add_legend(draw_boxes(image, boxes), legend)
 
 
 def write_png(path: str | Path, array: Any) -> Path:

@@ -103,6 +103,7 @@ def build_metadata(model: XCamModel, *, with_cams: bool, opset: int, exporter: s
         "exporter": exporter,
         "outputs": json.dumps(list(OUTPUT_NAMES if head is not None else OUTPUT_NAMES[:2])),
         "cam_target_layer": model.target_layer_path if head is not None else "",
+        "localization_layers": json.dumps(list(model.localization_layers)),
         "cam_method": "gradcam (exact all-class, W/(h*w) einsum); ReLU'd, not normalized" if head is not None else "",
         "quantization": "none",
     }
@@ -224,7 +225,7 @@ def torch_reference(model: XCamModel, batch: np.ndarray) -> dict[str, np.ndarray
     """PyTorch outputs for ``batch`` in the export's layout (cams raw, at feature resolution)."""
     import torch
 
-    from xcam.export.fast_cam import fast_gradcam_torch
+    from xcam.core.cam_math import fast_gradcam_torch
 
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
     with torch.inference_mode():
@@ -237,7 +238,7 @@ def torch_reference(model: XCamModel, batch: np.ndarray) -> dict[str, np.ndarray
 
 def parity_report(model: XCamModel, path: str | Path, batch: np.ndarray, source: str = "") -> dict[str, Any]:
     """Max |Δ| of logits, probabilities and normalized CAMs, ONNX Runtime (CPU) vs PyTorch."""
-    from xcam.export.fast_cam import normalize_cams
+    from xcam.core.cam_math import normalize_cams
     from xcam.export.runtime import OnnxClassifier
 
     clf = OnnxClassifier.from_path(path, device="cpu")

@@ -72,19 +72,26 @@ class AcceleratedTorchClassifier(TorchClassifier):
                 out = self.model.calibrate(out)
             return out.cpu().numpy()
 
-    def all_class_cams(self, batch: np.ndarray) -> np.ndarray | None:
-        """Normalized all-class Grad-CAM ``[B, C, h, w]`` (einsum in float32 on autocast features)."""
+    def predict_with_cams(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and normalized all-class Grad-CAM ``[B, C, h, w]`` from one autocast pass
+        (the einsum and calibration in float32)."""
         import torch
 
-        from xcam.export.fast_cam import normalize_cams, raw_cams
+        from xcam.core.cam_math import normalize_cams, raw_cams
 
-        head = self.model.gap_linear_head()
-        if head is None:
-            return None
-        features, linear = head
+        if self._head is None:
+            return self.predict(batch), None
+        features, linear = self._head
         with torch.inference_mode():
             x = self._input(batch)
             with self._autocast():
                 a = features(x)
-            cams = raw_cams(a.float(), linear.weight.float())
-        return normalize_cams(cams.cpu().numpy())
+            a = a.float()
+            logits = linear(a.mean(dim=(2, 3)))
+            probs = self.model.calibrate(logits).cpu().numpy()
+            cams = raw_cams(a, linear.weight.float())
+        return probs, normalize_cams(cams.cpu().numpy())
+
+    def all_class_cams(self, batch: np.ndarray) -> np.ndarray | None:
+        """Normalized all-class Grad-CAM ``[B, C, h, w]`` (``None`` without a GAP → linear head)."""
+        return self.predict_with_cams(batch)[1]

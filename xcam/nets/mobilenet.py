@@ -75,6 +75,13 @@ def build_mobilenet(arch: str, num_classes: int, pretrained: bool = False, bn_mo
     return net
 
 
+LOCALIZATION_LAYERS: dict[str, tuple[str, ...]] = {
+    # LayerCAM fused over a 28×28 and a 14×14 block localized best on held-out phantoms
+    # (docs/evaluation.md "What localizes best"); chosen by the chain's cam_layers = "auto".
+    "mobilenet_v3_small": ("net.features.3", "net.features.5"),
+}
+
+
 class MobileNetV3(XCamModel):
     """MobileNetV3 classifier. Default CAM target: the last feature block.
 
@@ -100,6 +107,7 @@ class MobileNetV3(XCamModel):
         self.net = build_mobilenet(arch, len(labels), pretrained=pretrained, head=head, dilated=dilated)
         self.pool = LSEPool(lse_r) if head == "lse" else None
         self.target_layer_path = cam_layer or f"net.features.{len(self.net.features) - 1}"
+        self.localization_layers = LOCALIZATION_LAYERS.get(arch, ()) if head != "lse" else ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.preprocessing == "xrv":

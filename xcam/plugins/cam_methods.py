@@ -6,10 +6,13 @@
 
 Every ``compute`` has the signature of :class:`xcam.core.types.CamMethodRegistration`::
 
-    compute(model, batch, class_indices, *, aug_smooth=False, eigen_smooth=False,
+    compute(model, batch, class_indices, *, target_layer=None, aug_smooth=False, eigen_smooth=False,
             batch_size=None, images_per_call=None, ablation_ratio=1.0, truncate_backward=True,
             share_forward=True)
         -> float32 [B, S, S] in [0, 1]
+
+``target_layer`` is a dotted module path inside the model (default: the model's declared
+``target_layer_path``); the chain passes it to fuse CAMs of several layers.
 
 and follows three rules that pytorch-grad-cam leaves to its caller:
 
@@ -145,6 +148,7 @@ def compute_cam(
     batch: "torch.Tensor",
     class_indices: Sequence[int],
     *,
+    target_layer: str | None = None,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     batch_size: int | None = None,
@@ -174,7 +178,11 @@ def compute_cam(
     default_chunk = METHODS[name][2]
     per_image_forward = name in PER_IMAGE_FORWARD
     chunk = max(1, int(images_per_call or default_chunk))
-    layer = model.target_layer()
+    layer_path = target_layer or model.target_layer_path
+    try:
+        layer = model.get_submodule(layer_path)
+    except AttributeError:
+        raise ValueError(f"{name}: the model has no layer {layer_path!r}") from None
     hook = _TargetHook() if truncate_backward and not per_image_forward else None
     device = next(model.parameters()).device
     was_training = model.training
@@ -189,9 +197,10 @@ def compute_cam(
                 targets = [ClassifierOutputTarget(i) for i in indices[start : start + chunk]]
                 maps = None
                 if hook is not None and share_forward and len(x) > 1 and bool((x == x[:1]).all()):
-                    maps = _shared(name, model, layer, hook, x, targets, aug_smooth, eigen_smooth)
+                    maps = _shared(name, model, layer, layer_path, hook, x, targets, aug_smooth, eigen_smooth)
                 if maps is None:
-                    maps = _run(name, model, layer, x, targets, aug_smooth, eigen_smooth, batch_size, ablation_ratio)
+                    maps = _run(name, model, layer, layer_path, x, targets, aug_smooth, eigen_smooth, batch_size,
+                                ablation_ratio)
                 out.append(maps)
     finally:
         model.zero_grad(set_to_none=True)
@@ -199,8 +208,9 @@ def compute_cam(
     return normalize_maps(np.concatenate(out, axis=0))
 
 
-def _run(name: str, model: "XCamModel", layer: "torch.nn.Module", x: "torch.Tensor", targets: list, aug_smooth: bool,
-         eigen_smooth: bool, batch_size: int | None = None, ablation_ratio: float = 1.0) -> "np.ndarray":
+def _run(name: str, model: "XCamModel", layer: "torch.nn.Module", layer_path: str, x: "torch.Tensor", targets: list,
+         aug_smooth: bool, eigen_smooth: bool, batch_size: int | None = None, ablation_ratio: float = 1.0
+         ) -> "np.ndarray":
     """One pytorch-grad-cam call, its hooks released; an IndexError it swallows becomes an error."""
     import numpy as np
 
@@ -208,16 +218,16 @@ def _run(name: str, model: "XCamModel", layer: "torch.nn.Module", x: "torch.Tens
     with _make_cam(name, model, layer, batch_size, ablation_ratio) as cam:
         maps = cam(input_tensor=x, targets=targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     if maps is None:  # BaseCAM.__exit__ swallows IndexError
-        raise RuntimeError(f"{name}: pytorch-grad-cam failed on target layer {model.target_layer_path!r}")
+        raise RuntimeError(f"{name}: pytorch-grad-cam failed on target layer {layer_path!r}")
     return np.asarray(maps)
 
 
-def _shared(name: str, model: "XCamModel", layer: "torch.nn.Module", hook: _TargetHook, x: "torch.Tensor",
-            targets: list, aug_smooth: bool, eigen_smooth: bool) -> "np.ndarray | None":
+def _shared(name: str, model: "XCamModel", layer: "torch.nn.Module", layer_path: str, hook: _TargetHook,
+            x: "torch.Tensor", targets: list, aug_smooth: bool, eigen_smooth: bool) -> "np.ndarray | None":
     """Several classes of one image from one forward pass (``None``: the model's head does not allow it)."""
     hook.repeat = len(x)
     try:
-        maps = _run(name, model, layer, x[:1], targets, aug_smooth, eigen_smooth)
+        maps = _run(name, model, layer, layer_path, x[:1], targets, aug_smooth, eigen_smooth)
     except RuntimeError:  # e.g. the head mixes the target output with earlier activations of batch 1
         return None
     finally:
