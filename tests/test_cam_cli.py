@@ -165,3 +165,96 @@ def test_cam_on_real_nih_image(capsys, tmp_path):
     assert code == 0, err
     cam = np.load(next((tmp_path / image.stem).glob("*_cam.npy")))
     assert cam.shape == (1024, 1024) and np.isfinite(cam.astype(np.float32)).all()
+
+
+# -- bbox, consolidate and ensemble on what the chain wrote ------------------------------------
+@pytest.fixture(scope="module")
+def chain_result(tmp_path_factory):
+    """A result folder written by the chain itself (two random-weight models, one ground-truth box), as
+    `xcam cam` / `xcam analyze` leave it; independent of those commands. ``(folder, ImageResult)``."""
+    from xcam.chain.engine import build_chain
+    from xcam.chain.models import LoadOptions
+    from xcam.chain.outputs import write_result
+    from xcam.chain.settings import ClassChoice, resolve_settings
+    from xcam.core.config import XcamConfig
+    from xcam.core.manager import get_plugin_manager
+
+    root = tmp_path_factory.mktemp("chain")
+    image = write_image(root / "scan.png", 420, 300, seed=3)
+    pm = get_plugin_manager(XcamConfig())
+    settings = resolve_settings(pm, "fast")
+    chain = build_chain(pm, "mobilenetv3,densenet121", settings, ClassChoice(targets=("Mass",)),
+                        load=LoadOptions(random_init=True), keep_images=True)
+    result = chain.analyze(str(image), [("Mass", (50.0, 60.0, 100.0, 80.0))])
+    assert result.ok, result.error
+    write_result(result, root / "OUTPUT", settings=settings.as_dict())
+    return root / "OUTPUT" / "scan", result
+
+
+@pytest.fixture
+def result_copy(chain_result, tmp_path):
+    import shutil
+
+    folder, result = chain_result
+    return Path(shutil.copytree(folder, tmp_path / "scan")), result
+
+
+def box_tuple(entry) -> tuple[float, float, float, float]:
+    return (entry["x"], entry["y"], entry["width"], entry["height"])
+
+
+def iou(a, b) -> float:
+    from xcam.core.metrics import box_iou
+
+    return box_iou(a, b)
+
+
+def test_bbox_reuses_the_chain_boxes_exactly(capsys, result_copy):
+    from xcam.core.metrics import box_dict
+
+    folder, result = result_copy
+    finding = next(f for r, f in result.findings if r.model == "densenet121")
+    assert np.load(folder / "densenet121_Mass_cam.npy").shape == result.grid.shape  # the work grid, not 420x300
+    code, out, err = run(capsys, "bbox", "--input-mask", str(folder / "densenet121_Mass_P3.png"),
+                         "--ground-truth", "Mass,50,60,100,80")
+    assert code == 0, err
+    report = json.loads((folder / "densenet121_Mass_PBBox.json").read_text())
+    assert report["boxes_from"] == "recorded" and "recorded largest boxes" in out
+    assert report["boxes"] == [box_dict(b) for b in finding.boxes]
+    assert report["metrics"] == pytest.approx(finding.metrics)
+
+    code, out, err = run(capsys, "bbox", "--input-mask", str(folder / "densenet121_Mass_P3.png"),
+                         "--strategy", "tight", "--output-dir", str(folder / "tight"))
+    assert code == 0, err
+    report = json.loads((folder / "tight" / "densenet121_Mass_PBBox.json").read_text())
+    assert report["boxes_from"] == "mask" and report["strategy"] == "tight" and "tight boxes from the mask" in out
+    assert report["image_size"] == {"width": 420, "height": 300} and report["metrics"]["iou"] >= 0  # recorded truth
+    x, y, w, h = box_tuple(report["box"])
+    assert 0 <= x and 0 <= y and x + w <= 420 and y + h <= 300
+
+
+def test_consolidate_and_ensemble_combine_the_stored_cams(capsys, result_copy):
+    from xcam.core.render import read_png
+
+    folder, result = result_copy
+    (chained,) = result.consolidated
+    masks = [str(folder / f"{m}_Mass_P3.png") for m in ("mobilenetv3", "densenet121")]
+    code, out, err = run(capsys, "consolidate", *masks, "--rule", "ensembler", "--target-class", "mass",
+                         "--output-dir", str(folder / "c"))
+    assert code == 0, err
+    report = json.loads((folder / "c" / "Mass_consolidated_bbox.json").read_text())
+    assert report["rule"] == "ensembler:mean" and report["grid"] == {"width": result.grid.shape[1],
+                                                                    "height": result.grid.shape[0]}
+    assert [s["boxes_from"] for s in report["sources"]] == ["recorded", "recorded"]
+    assert report["image_size"] == {"width": 420, "height": 300}
+    if chained.box is not None:  # the same ensembler on the same (float16-stored) work-grid CAMs
+        assert iou(box_tuple(report["box"]), chained.box) > 0.9
+
+    code, out, err = run(capsys, "ensemble", "--input-dir", str(folder), "--target-class", "Mass",
+                         "--output-dir", str(folder / "e"))
+    assert code == 0, err
+    target = json.loads((folder / "e" / "ensemble.json").read_text())["target"]
+    assert target["image_size"] == {"width": 420, "height": 300}
+    if chained.box is not None:
+        assert iou(box_tuple(target["box"]), chained.box) > 0.9
+    assert read_png(folder / "e" / "ensemble_Mass_PBBox.png", color=True).shape == (300, 420, 3)

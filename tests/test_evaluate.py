@@ -65,7 +65,7 @@ def test_summary_has_a_mean_row_and_both_baselines():
 
 
 def test_box_list_maps_infiltrate(tmp_path: Path):
-    from xcam.evaluation.groundtruth import read_boxes
+    from xcam.core.nih import read_boxes
 
     path = tmp_path / "boxes.csv"
     path.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Infiltrate,1,2,3,4\nb.png,Mass,5,6,7,8\n")
@@ -117,7 +117,7 @@ def oracle_plugin(phantom_set: Path, size: int, shift: float = 0.0):
     from xcam.core.preprocess import preprocess
     from xcam.core.types import CamMethodRegistration
     from xcam.datasets.phantom import CLASSES
-    from xcam.evaluation.groundtruth import read_boxes
+    from xcam.core.nih import read_boxes
 
     boxes: dict[bytes, dict[str, list]] = {}
     for gt in read_boxes(phantom_set / "BBox_List_2017.csv"):

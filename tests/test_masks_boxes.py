@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import xcam.plugins.bbox_strategies as bbox_strategies
+import xcam.plugins.cam_methods as cam_methods
+import xcam.plugins.ensemblers as ensemblers
 import xcam.plugins.mask_extractors as mask_extractors
 from xcam.core import render
 from xcam.core.errors import ImageLoadError, UsageError
@@ -22,6 +24,8 @@ def pm() -> XcamPluginManager:
     manager = XcamPluginManager()
     manager.load_object(mask_extractors, name="mask_extractors")
     manager.load_object(bbox_strategies, name="bbox_strategies")
+    manager.load_object(ensemblers, name="ensemblers")  # the settings profiles name one of each
+    manager.load_object(cam_methods, name="cam_methods")
     return manager
 
 
@@ -217,16 +221,17 @@ def test_bbox_command_writes_json_and_png(tmp_path: Path, pm, monkeypatch, capsy
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "densenet121_Pleural_Thickening_PBBox.json").read_text())
     assert report["box"] == {"x": 30, "y": 20, "width": 60, "height": 40, "x2": 90, "y2": 60, "score": 2400 / 12000}
-    assert report["strategy"] == "largest" and report["model"] == "densenet121"
+    assert report["strategy"] == "largest" and report["model"] == "densenet121" and report["boxes_from"] == "mask"
     assert report["image_size"] == {"width": 120, "height": 100}
     m = report["metrics"]
     assert m["iou"] == pytest.approx(0.5) and m["iobb"] == pytest.approx(1.0)
     assert m["dice"] == pytest.approx(2 / 3) and m["colloc@0.3"] == 1.0
     assert m["precision@0.5"] == 1.0 and m["ap@.5"] == 1.0 and m["ap@.75"] == 0.0
     assert m["pixel_accuracy"] == pytest.approx(1 - 2400 / 12000)
+    assert "pointing_game" not in m  # no CAM beside the mask: no peak to point with
     png = render.read_png(tmp_path / "out" / "densenet121_Pleural_Thickening_PBBox.png", color=True)
-    assert tuple(png[59, 50]) == render.GREEN and tuple(png[99, 50]) == render.RED
-    assert "IoU=0.500" in out
+    assert png.shape == (100, 120, 3)
+    assert "IoU=0.500" in out and "largest boxes from the mask" in out
 
 
 def test_bbox_components_and_default_output_dir(tmp_path: Path, pm, monkeypatch, capsys) -> None:
@@ -236,7 +241,103 @@ def test_bbox_components_and_default_output_dir(tmp_path: Path, pm, monkeypatch,
     assert code == 0, err
     report = json.loads((tmp_path / "densenet121_Pleural_Thickening_PBBox.json").read_text())
     assert len(report["boxes"]) == 2 and "metrics" not in report
+    assert report["strategy_options"]["min_area"] == 10
     assert (tmp_path / "densenet121_Pleural_Thickening_PBBox.png").is_file()
+
+
+# A result folder as xcam writes it: a 400 x 300 image, its P3 mask at that size, the CAM in the 224 x 168
+# work grid, and the box file with the boxes made in the work grid (not on pixel edges of the P3 mask).
+BIG = (300, 400)
+RECORDED = {"x": 249.99, "y": 30.36, "width": 100.45, "height": 59.91, "score": 0.83}
+
+
+def make_result_folder(folder: Path, analysis_options: dict | None = None) -> Path:
+    from xcam.chain.outputs import box_report
+    from xcam.core.types import ScoredBox
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros(BIG, bool)
+    mask[30:90, 250:350] = True  # the prediction: x 250..350, y 30..90
+    mask[200:210, 20:30] = True
+    path = render.write_png(folder / "mobilenetv3_Mass_P3.png", render.mask_png(mask))
+    render.write_png(folder / "_input_image_.png", np.full(BIG, 90, np.uint8))
+    cam = np.zeros((168, 224), np.float16)
+    cam[17:50, 140:196] = 1.0
+    np.save(folder / "mobilenetv3_Mass_cam.npy", cam)
+    record = {"model": "mobilenetv3", "pathology": "Mass", "probability": 0.7, "strategy": "largest",
+              "mask_extractor": "threshold", "peak": [300.0, 60.0],
+              "work_grid": {"width": 224, "height": 168, "side": 224, "original_width": 400, "original_height": 300}}
+    record.update(box_report([ScoredBox(**RECORDED)], 400, 300, [], "Mass", None))
+    (folder / "mobilenetv3_Mass_PBBox.json").write_text(json.dumps(record))
+    if analysis_options is not None:
+        (folder / "analysis.json").write_text(json.dumps(
+            {"settings": {"strategy": "largest", "strategy_options": analysis_options}}))
+    (folder / "metadata.json").write_text(json.dumps({"image": "x.png", "image_size": [400, 300], "models": {}}))
+    return path
+
+
+def read_box(folder: Path) -> dict:
+    return json.loads((folder / "mobilenetv3_Mass_PBBox.json").read_text())
+
+
+@pytest.mark.parametrize("extra", [[], ["--strategy", "largest"], ["--profile", "legacy"]])
+def test_bbox_reuses_the_recorded_boxes_when_the_settings_match(tmp_path: Path, pm, monkeypatch, capsys, extra
+                                                                ) -> None:
+    mask_path = make_result_folder(tmp_path)
+    code, out, err = run_cli(["bbox", "--input-mask", str(mask_path), "--ground-truth", "Mass,250,30,100,60", *extra],
+                             pm, monkeypatch, capsys)
+    assert code == 0, err
+    report = read_box(tmp_path)
+    assert report["boxes_from"] == "recorded" and report["strategy"] == "largest"
+    assert {k: report["box"][k] for k in RECORDED} == RECORDED  # exactly as recorded, not recomputed
+    assert report["probability"] == 0.7 and report["work_grid"]["width"] == 224  # the record's other keys stay
+    assert report["metrics"]["iou"] == pytest.approx(0.99, abs=0.01) and report["metrics"]["pointing_game"] == 1.0
+    assert report["ground_truth"]["label"] == "Mass" and "recorded largest boxes" in out
+
+
+@pytest.mark.parametrize(
+    "extra, analysis, strategy",
+    [
+        (["--strategy", "tight"], None, "tight"),
+        (["--strategy-option", "connectivity=4"], None, "largest"),  # options the record does not know
+        (["--strategy-option", "connectivity=4"], {"connectivity": 8}, "largest"),  # options that differ
+    ],
+)
+def test_bbox_recomputes_when_the_strategy_differs(tmp_path: Path, pm, monkeypatch, capsys, extra, analysis,
+                                                   strategy) -> None:
+    mask_path = make_result_folder(tmp_path, analysis)
+    code, out, err = run_cli(["bbox", "--input-mask", str(mask_path), *extra], pm, monkeypatch, capsys)
+    assert code == 0, err
+    report = read_box(tmp_path)
+    assert report["boxes_from"] == "mask" and report["strategy"] == strategy
+    expected = (20, 30, 330, 180) if strategy == "tight" else (250, 30, 100, 60)
+    assert (report["box"]["x"], report["box"]["y"], report["box"]["width"], report["box"]["height"]) == expected
+    assert report["cam"].endswith("mobilenetv3_Mass_cam.npy") and report["box"]["score"] > 0  # scored by the CAM
+    assert f"{strategy} boxes from the mask" in out
+
+
+def test_bbox_same_recorded_options_reuse(tmp_path: Path, pm, monkeypatch, capsys) -> None:
+    mask_path = make_result_folder(tmp_path, {"connectivity": 4})
+    code, _, err = run_cli(["bbox", "--input-mask", str(mask_path), "--strategy-option", "connectivity=4"],
+                           pm, monkeypatch, capsys)
+    assert code == 0, err
+    assert read_box(tmp_path)["boxes_from"] == "recorded"
+
+
+def test_bbox_colours_and_legend(tmp_path: Path, pm, monkeypatch, capsys) -> None:
+    mask_path = make_result_folder(tmp_path)
+    code, _, err = run_cli(["bbox", "--input-mask", str(mask_path), "--strategy", "largest",
+                            "--strategy-option", "score=max", "--ground-truth", "Mass,240,120,120,80"],
+                           pm, monkeypatch, capsys)
+    assert code == 0, err
+    png = render.read_png(tmp_path / "mobilenetv3_Mass_PBBox.png", color=True)
+    assert png.shape == (300, 400, 3)
+    assert tuple(png[30, 300]) == render.PREDICTION  # the predicted box's top edge (magenta)
+    assert tuple(png[120, 300]) == render.TRUTH  # the ground truth's top edge (green)
+    corner = png[-100:, :60]  # the legend, lower left: a swatch of each colour on a darkened backdrop
+    for colour in (render.PREDICTION, render.TRUTH):
+        assert (corner == np.array(colour, np.uint8)).all(axis=-1).any()
+    assert corner.mean() < 90
 
 
 @pytest.mark.parametrize(
@@ -247,6 +348,8 @@ def test_bbox_components_and_default_output_dir(tmp_path: Path, pm, monkeypatch,
         (["--ground-truth", "Mass,1,2,0,4"], "must be > 0"),
         (["--ground-truth", "Mass,100,50,40,40"], "outside the 120x100 image"),
         (["--strategy", "nope"], "unknown bbox strategy 'nope'"),
+        (["--profile", "nope"], "unknown profile 'nope'"),
+        (["--strategy-option", "oops"], "expected key=value"),
     ],
 )
 def test_bbox_bad_inputs_one_line(tmp_path: Path, pm, monkeypatch, capsys, extra, fragment) -> None:
@@ -256,9 +359,42 @@ def test_bbox_bad_inputs_one_line(tmp_path: Path, pm, monkeypatch, capsys, extra
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda t: (t / "mobilenetv3_Mass_cam.npy").write_bytes(b"junk"), "mobilenetv3_Mass_cam.npy: not a NumPy"),
+        (lambda t: np.save(t / "mobilenetv3_Mass_cam.npy", np.zeros((3, 4, 5))), "must be a 2-D numeric array"),
+        (lambda t: np.save(t / "mobilenetv3_Mass_cam.npy", np.zeros((50, 50))), "differ in aspect ratio"),
+        (lambda t: (t / "mobilenetv3_Mass_PBBox.json").write_text('{"model": "m"}'),
+         "mobilenetv3_Mass_PBBox.json: not an xcam box file"),
+        (lambda t: (t / "mobilenetv3_Mass_PBBox.json").write_text("[1,"),
+         "mobilenetv3_Mass_PBBox.json: not valid JSON"),
+        (lambda t: render.write_png(t / "mobilenetv3_Mass_P3.png", np.zeros((300, 300), np.uint8)),
+         "differ in aspect ratio"),
+    ],
+)
+def test_bbox_bad_recorded_files_one_line(tmp_path: Path, pm, monkeypatch, capsys, damage, fragment) -> None:
+    mask_path = make_result_folder(tmp_path)
+    damage(tmp_path)
+    code, _, err = run_cli(["bbox", "--input-mask", str(mask_path), "--strategy", "tight"], pm, monkeypatch, capsys)
+    assert code != 0 and fragment in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_bbox_missing_file_and_not_a_mask(tmp_path: Path, pm, monkeypatch, capsys) -> None:
     code, _, err = run_cli(["bbox", "--input-mask", str(tmp_path / "nope_P3.png")], pm, monkeypatch, capsys)
     assert code != 0 and "nope_P3.png: file not found" in err and len(err.strip().splitlines()) == 1
     ramp = render.write_png(tmp_path / "m_X_P3.png", np.tile(np.arange(256, dtype=np.uint8), (4, 1)))
     code, _, err = run_cli(["bbox", "--input-mask", str(ramp)], pm, monkeypatch, capsys)
     assert code != 0 and "not a binary mask" in err and "Traceback" not in err
+
+
+def test_bbox_consolidated_mask_uses_the_consolidated_names(tmp_path: Path, pm, monkeypatch, capsys) -> None:
+    mask = np.zeros((100, 120), bool)
+    mask[10:30, 20:60] = True
+    path = render.write_png(tmp_path / "Mass_consolidated.png", render.mask_png(mask))
+    code, _, err = run_cli(["bbox", "--input-mask", str(path)], pm, monkeypatch, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "Mass_consolidated_bbox.json").read_text())
+    assert report["pathology"] == "Mass" and report["box"]["x"] == 20
+    assert (tmp_path / "Mass_consolidated_bbox.png").is_file()

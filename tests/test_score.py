@@ -313,7 +313,8 @@ def test_boxes_are_in_original_coordinates(tmp_path: Path, small_config: Path) -
     for box in boxes:
         # mobilenetv3 (64 px): x 16..32 → 50..100 original px; y 24..40 → 75..125, minus the 50 px pad.
         # densenet121 (224 px): x 56..112 → 50..100; y 84..140 → 75..125 minus 50. The ensemble: the same.
-        # CAMs are resized to the original grid before thresholding: a step edge may move by a pixel.
+        # Masks are thresholded in the 224-px work grid (bilinear upsampling of the 64-px map), and the
+        # boxes mapped to original pixels: a step edge may move by a pixel or two.
         assert (box["x"], box["y"], box["width"], box["height"]) == pytest.approx((50, 25, 50, 50), abs=2)
         assert 0 <= box["probability"] <= 1
 
@@ -325,6 +326,137 @@ def test_boxes_are_in_original_coordinates(tmp_path: Path, small_config: Path) -
     cams = json.loads(row["cams"])
     assert len(cams) == 14 and "boxes" not in row
     assert all(49 <= c["peak_x"] <= 100 and 24 <= c["peak_y"] <= 75 and c["peak"] == 1.0 for c in cams)
+
+
+def _chain_entries(analysis, boxes: bool = True) -> list[dict]:
+    """What the ``boxes`` column must hold for one chain result (rounded as xcam score rounds)."""
+    items = [(r.model, f) for r in analysis.results for f in r.findings]
+    items += [("ensemble", c) for c in analysis.consolidated]
+    out = []
+    for model, f in items:
+        base = {"model": model, "label": f.pathology, "probability": round(float(f.probability), 4)}
+        for b in f.boxes:
+            out.append(dict(base, x=round(b.x, 2), y=round(b.y, 2), width=round(b.width, 2),
+                            height=round(b.height, 2), score=round(b.score, 4)))
+    return out
+
+
+@pytest.mark.parametrize("settings_args", [(), ("--profile", "legacy", "--mask", "percentile", "--strategy", "components")],
+                         ids=["default-profile", "legacy+options"])
+def test_score_boxes_equal_the_chain_boxes(tmp_path: Path, small_config: Path, settings_args: tuple[str, ...]) -> None:
+    """``xcam score --boxes`` is the chain: the same boxes as ``build_chain(...).analyze`` with the
+    same models (random weights, same seed), settings and classes, in original pixels."""
+    from xcam.chain.engine import build_chain
+    from xcam.chain.models import LoadOptions, clear_model_cache
+    from xcam.chain.settings import ClassChoice, Overrides, resolve_settings
+    from xcam.core.config import load_config
+    from xcam.core.manager import get_plugin_manager
+
+    folder = tmp_path / "one"
+    (image,) = write_pngs(folder, 1, shape=(90, 130), seed=3)  # non-square: padded above and below
+    out = tmp_path / "boxes.jsonl"
+    models = "mobilenetv3,densenet121"
+    result = invoke(small_config, "--input", str(folder), "--output", str(out), "--models", models,
+                    "--random-weights", "--backend", "torch", "--boxes", "--cam-classes", "all", *settings_args)
+    assert result.exit_code == 0, result.output
+    (row,) = read_rows(out)
+    got = json.loads(row["boxes"])
+
+    clear_model_cache()  # the chain below rebuilds the random models from the same seed
+    pm = get_plugin_manager(load_config(small_config))
+    opts = dict(zip(settings_args[::2], settings_args[1::2]))
+    settings = resolve_settings(pm, opts.get("--profile"), Overrides(mask=opts.get("--mask"),
+                                                                       strategy=opts.get("--strategy")))
+    chain = build_chain(pm, models, settings, ClassChoice(all_classes=True, ground_truth=False),
+                        load=LoadOptions(backend="torch", random_init=True))
+    analysis = chain.analyze(str(image))
+    assert analysis.error is None
+    want = _chain_entries(analysis)
+    assert {b["model"] for b in want} == {"mobilenetv3", "densenet121", "ensemble"}
+    assert [len(r.findings) for r in analysis.results] == [14, 18] and len(analysis.consolidated) == 14
+    assert len(want) >= 14  # (a flat CAM of a random model has no box)
+    assert got == want
+    for r in analysis.results:  # and the probabilities are the chain's
+        for label, p in r.predictions.items():
+            assert row[f"{r.model}:{label}"] == pytest.approx(p, abs=1e-7)
+    for b in got:
+        assert 0 <= b["x"] and b["x"] + b["width"] <= 130 + 0.01 and 0 <= b["y"] and b["y"] + b["height"] <= 90 + 0.01
+
+
+class FailsOnFlat:
+    """A CAM plugin that fails on a flat (constant) image and works otherwise."""
+
+    @staticmethod
+    def compute(model, batch, class_indices, **_):
+        x = batch.detach().cpu().numpy() if hasattr(batch, "detach") else np.asarray(batch)
+        lo, hi = float(x.min()), float(x.max())
+        if hi - lo < 1e-6:
+            raise RuntimeError("cannot explain a flat image")
+        size = x.shape[-1]
+        maps = np.zeros((len(class_indices), size, size), dtype=np.float32)
+        maps[:, : size // 2, : size // 2] = 1.0
+        return maps
+
+
+def test_a_chain_failure_is_an_error_row_and_the_job_goes_on(tmp_path: Path, small_config: Path) -> None:
+    from xcam.core.config import load_config
+    from xcam.core.hookspecs import hookimpl
+    from xcam.core.manager import get_plugin_manager
+    from xcam.core.types import CamMethodRegistration
+
+    class Plugin:
+        @hookimpl
+        def xcam_cam_methods(self):
+            yield CamMethodRegistration(name="failsonflat", compute=FailsOnFlat.compute, needs_gradients=False)
+
+    pm = get_plugin_manager(load_config(small_config))
+    pm.load_object(Plugin(), "failsonflat-test")
+    folder = tmp_path / "imgs"
+    write_pngs(folder, 3, shape=(48, 48))  # square: no padding, so a constant image stays flat
+    cv2.imwrite(str(folder / "img0001.png"), np.full((48, 48), 200, np.uint8))  # flat: the plugin fails on it
+    out = tmp_path / "r.jsonl"
+    result = invoke(small_config, "--input", str(folder), "--output", str(out), *MODEL, "--batch-size", "3",
+                    "--boxes", "--cam-classes", "all", "--cam-method", "failsonflat", pm=pm)
+    assert result.exit_code == 1, result.output
+    assert "ok 2, failed 1" in result.output
+    rows = {Path(p).name: r for p, r in by_path(list(read_rows(out))).items()}
+    assert rows["img0001.png"]["status"] == "error: RuntimeError: cannot explain a flat image"
+    assert rows["img0001.png"]["boxes"] is None and rows["img0001.png"]["mobilenetv3:Mass"] is None
+    for name in ("img0000.png", "img0002.png"):  # the rest of the batch, retried one by one, is scored
+        assert rows[name]["status"] == "ok" and len(json.loads(rows[name]["boxes"])) == 14
+    again = invoke(small_config, "--input", str(folder), "--output", str(out), *MODEL, "--batch-size", "3",
+                   "--boxes", "--cam-classes", "all", "--cam-method", "failsonflat", pm=pm)
+    assert "scored 0 images" in again.output and "skipped 3" in again.output  # resume: error rows are done
+
+
+def test_profile_and_plugin_names_fail_in_one_line(tmp_path: Path, small_config: Path, mixed_folder: Path) -> None:
+    for args, expected in ((("--profile", "nosuch"), "unknown profile 'nosuch'"),
+                           (("--strategy", "nosuch"), "nosuch"), (("--mask", "nosuch"), "nosuch")):
+        proc = subprocess.run(xcam_cmd(small_config, "--input", str(mixed_folder), "--output",
+                                       str(tmp_path / "r.csv"), *MODEL, "--boxes", *args),
+                              capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr, proc.stderr
+        assert not (tmp_path / "r.csv").exists()  # failed before any output (or model) was made
+
+
+def test_scorer_settings_and_classes() -> None:
+    from xcam.score.scorer import ScoreOptions, parse_models
+
+    refs = parse_models("densenet121,densenet121:all", "mobilenetv3")
+    assert [r.key for r in refs] == ["densenet121@default", "densenet121@all"]
+    import pickle
+
+    options = ScoreOptions(refs, profile="fast", cam_method="gradcam", mask="otsu", strategy="tight", boxes=True,
+                           cam_classes="all", threads=2)
+    assert pickle.loads(pickle.dumps(options)) == options  # Ray actors rebuild the scorer from it
+    assert options.class_choice().all_classes and not options.class_choice().ground_truth
+    positive = ScoreOptions(refs, with_cams=True, threshold=0.3).class_choice()
+    assert positive.threshold == 0.3 and positive.top_k is None and not positive.all_classes
+    plain = ScoreOptions(refs).class_choice()
+    assert plain.top_k == 0 and not plain.ground_truth  # predictions only: no CAM is computed
+    load = options.load_options()
+    assert load.threads == 2 and load.seed == 0
 
 
 def test_gradcam_boxes_on_a_real_non_square_image(tmp_path: Path, small_config: Path, shared_data: Path) -> None:

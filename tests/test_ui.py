@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xcam.chain.models import clear_model_cache
 from xcam.core.errors import UsageError
-from xcam.core.pipeline import clear_classifier_cache
 from xcam.ui.export import zip_bytes
 from xcam.ui.groundtruth import label_key, parse_file, parse_text, pick
 from xcam.ui.settings import UiSettings, parse_checkpoint
@@ -41,7 +41,7 @@ def png_bytes(size: tuple[int, int] = (200, 160)) -> bytes:
 # -- Streamlit-free helpers ----------------------------------------------------------------
 def test_settings_round_trip_through_environment(tmp_path):
     settings = UiSettings(images_dir=tmp_path, weights_dir=tmp_path / "w", max_upload_mb=2.5, random_weights=True,
-                          checkpoints=(("mobilenetv3", str(tmp_path / "best.pt")),), models=("a", "b"))
+                          checkpoints=(("mobilenetv3", str(tmp_path / "best.pt")),), models=("a", "b"), profile="fast")
     back = UiSettings.from_env(settings.to_env())
     assert back == settings
     assert back.max_upload_bytes == int(2.5 * 1024 * 1024)
@@ -92,12 +92,112 @@ def test_zip_holds_images_and_metadata():
     assert json.loads(archive.read("metadata.json")) == {"pathology": "Effusion", "value": 0.5}
 
 
+def boxes_of(items) -> list[tuple[float, float, float, float, float]]:
+    return [(b.x, b.y, b.width, b.height, b.score) for b in items]
+
+
+def test_ui_engine_gives_the_boxes_of_the_chain(tmp_path):
+    """The page's two passes give the boxes, peaks, CAMs, consolidation and (ground truth applied
+    afterwards) metrics that ``build_chain(...).analyze`` gives, as ``xcam analyze`` runs it, for the
+    same image, models and settings: a profile with per-classifier CAM settings (MobileNetV3:
+    LayerCAM fused over two layers with test-time augmentation; DenseNet: in-graph Grad-CAM) and
+    the page's plugin choices over it."""
+    from xcam.chain.engine import build_chain
+    from xcam.chain.models import LoadOptions
+    from xcam.chain.settings import ClassChoice, Overrides, resolve_settings
+    from xcam.core.config import XcamConfig
+    from xcam.core.imageio import load_image
+    from xcam.core.manager import get_plugin_manager
+    from xcam.ui import engine
+
+    path = tmp_path / "phantom.png"
+    path.write_bytes(png_bytes((300, 420)))  # not square: the work grid crops padding
+    pm = get_plugin_manager(XcamConfig())
+    options = engine.Options(profile="default", strategy="components", ensembler="max")
+    settings = options.settings(pm)
+    specs = [engine.ModelSpec("mobilenetv3", "mobilenetv3-nih"), engine.ModelSpec("densenet121", "densenet121-res224-all")]
+    where = dict(store=None, device="cpu", random_init=True)
+    image = load_image(path)
+    clear_model_cache()
+    try:
+        first = engine.analyze(engine.build(pm, specs, settings, None, **where), image)
+        assert [r.findings for r in first.results] == [[], []] and first.combined_predictions
+        pathology = "Effusion"
+        ui = engine.analyze(engine.build(pm, specs, settings, pathology, **where), image)
+        gt = (pathology, (100.0, 80.0, 150.0, 120.0))
+        ui = engine.with_ground_truth(ui, gt)
+
+        cli_settings = resolve_settings(pm, "default", Overrides(strategy="components", ensembler="max"))
+        assert cli_settings == settings
+        chain = build_chain(pm, "mobilenetv3,densenet121", cli_settings,
+                            ClassChoice(targets=(pathology,)), load=LoadOptions(random_init=True))
+        cli = chain.analyze(str(path), ground_truth=[gt])
+    finally:
+        clear_model_cache()
+    assert [r.method for r in ui.results] == [r.method for r in cli.results] == ["layercam", "gradcam (in-graph)"]
+    assert ui.grid == cli.grid and (ui.width, ui.height) == (cli.width, cli.height) == (420, 300)
+    for (_, a), (_, b) in zip(ui.findings, cli.findings, strict=True):
+        assert a.pathology == b.pathology == pathology
+        assert boxes_of(a.boxes) == boxes_of(b.boxes) and a.boxes
+        assert a.peak == b.peak and np.array_equal(a.cam, b.cam) and np.array_equal(a.mask, b.mask)
+        assert a.ground_truth == b.ground_truth == [gt[1]] and a.metrics == b.metrics
+    (a,), (b,) = ui.consolidated, cli.consolidated
+    assert boxes_of(a.boxes) == boxes_of(b.boxes) and a.boxes and a.metrics == b.metrics
+    assert a.ensembler == "max" and a.models == ["mobilenetv3", "densenet121"]
+    assert first.combined_predictions == cli.combined_predictions
+    # the page's JSON is the chain's analysis.json summary with the file's name
+    doc = engine.document(ui, "phantom.png", settings, pathology=pathology)
+    assert doc["image"] == "phantom.png" and doc["settings"]["strategy"] == "components"
+    assert [f["box"] for m in doc["models"] for f in m["findings"]] == [
+        {"x": f.box.x, "y": f.box.y, "width": f.box.width, "height": f.box.height, "x2": f.box.x2, "y2": f.box.y2,
+         "score": f.box.score} for _, f in cli.findings]
+
+
+def test_ui_images_are_full_resolution_with_the_colour_convention(tmp_path):
+    """Maps are shown at the image's resolution (not the work grid's); box images carry the
+    prediction (magenta) and truth (green) colours and the consolidated image each model's colour."""
+    from xcam.chain.results import Consolidation, Finding, ImageResult, ModelResult
+    from xcam.core import render
+    from xcam.core.preprocess import Geometry, WorkGrid
+    from xcam.core.types import ScoredBox
+    from xcam.ui import engine
+
+    width, height = 400, 300
+    grid = WorkGrid.of(Geometry(width, height, 64, 0, 50))
+    cam = np.zeros(grid.shape, np.float32)
+    cam[10:20, 30:40] = 1.0
+    box = ScoredBox(30 * grid.scale_x, 10 * grid.scale_y, 10 * grid.scale_x, 10 * grid.scale_y)
+
+    def finding(**kw):
+        return Finding("Mass", 1, 0.7, "target", cam, cam > 0.5, [box], (10.0, 10.0), **kw)
+
+    model = lambda name: ModelResult(name, "w", "torch", "gradcam", ("l",), False, "threshold", "largest",  # noqa: E731
+                                     {"Mass": 0.7}, [finding()], 64)
+    result = ImageResult("x.png", width, height, grid=grid, results=[model("a"), model("b")])
+    result.consolidated.append(Consolidation("Mass", ["a", "b"], 0.7, "mean", cam, cam > 0.5, [box], None))
+    result = engine.with_ground_truth(result, ("mass", (10.0, 10.0, 50.0, 40.0)))
+    grey = np.full((height, width), 100, np.uint8)
+    images = engine.finding_images(grey, result, result.results[0], result.results[0].findings[0], 0.5)
+    assert sorted(images) == ["a_Mass_P0.png", "a_Mass_P3.png", "a_Mass_PBBox.png"]
+    assert all(im.shape[:2] == (height, width) for im in images.values())
+    rows, cols = grid.shape  # 48 x 64: the padding is cropped off
+    assert images["a_Mass_P3.png"].mean() == pytest.approx(255 * 100 / (rows * cols), rel=0.1)
+    drawn = images["a_Mass_PBBox.png"].reshape(-1, 3)
+    colours = {tuple(int(v) for v in c) for c in np.unique(drawn, axis=0)}
+    assert render.PREDICTION in colours and render.TRUTH in colours
+    together = engine.consolidated_images(grey, result, result.consolidated[0], 0.5)
+    assert sorted(together) == ["Mass_consolidated.png", "Mass_consolidated_P0.png", "Mass_consolidated_bbox.png"]
+    colours = {tuple(int(v) for v in c) for c in np.unique(together["Mass_consolidated_bbox.png"].reshape(-1, 3), axis=0)}
+    assert {render.PALETTE[0], render.PALETTE[1], render.PREDICTION, render.TRUTH} <= colours
+
+
 def test_ui_command_builds_streamlit_call_and_needs_streamlit(tmp_path, monkeypatch, capsys):
     from xcam.cli import main
 
     main(["ui", "--print-command", "--port", "9123", "--images-dir", str(tmp_path), "--max-upload-mb", "2.5",
-          "--model", "mobilenetv3", "--random-weights"])
+          "--model", "mobilenetv3", "--random-weights", "--profile", "fast"])
     out = capsys.readouterr().out
+    assert "XCAM_UI_PROFILE=fast" in out
     assert "-m streamlit run" in out and str(Path("xcam/ui/app.py")) in out
     assert "--server.port 9123" in out and "--server.maxUploadSize 3" in out and "--server.address 127.0.0.1" in out
     assert f"XCAM_UI_IMAGES_DIR={tmp_path}" in out and "XCAM_UI_RANDOM_WEIGHTS=1" in out
@@ -106,6 +206,9 @@ def test_ui_command_builds_streamlit_call_and_needs_streamlit(tmp_path, monkeypa
         main(["ui", "--port", "9124"])
     assert exit_info.value.code == 2
     assert 'pip install "xcam[ui]"' in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an unknown profile fails before any server starts
+        main(["ui", "--print-command", "--profile", "nosuch"])
+    assert "unknown profile 'nosuch'" in capsys.readouterr().err
 
 
 def test_ui_command_imports_neither_streamlit_nor_torch():
@@ -155,7 +258,7 @@ def app(monkeypatch, tmp_path):
     monkeypatch.setenv("XCAM_CONFIG", str(tmp_path / "no-plugins.toml"))  # built-in defaults, not ./plugins.toml
     (tmp_path / "no-plugins.toml").write_text("")
     st.cache_resource.clear()
-    clear_classifier_cache()
+    clear_model_cache()
 
     def make(**env: str) -> AppTest:
         for key, value in env.items():
@@ -164,7 +267,7 @@ def app(monkeypatch, tmp_path):
 
     yield make
     st.cache_resource.clear()
-    clear_classifier_cache()
+    clear_model_cache()
 
 
 def errors(at: AppTest) -> list[str]:

@@ -18,6 +18,7 @@ from xcam import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "classify": ("classify", "classify", "Classify chest X-rays and print the probabilities."),
     "plugins": ("plugins", "plugins", "List installed plugins (name, hooks, version, source, status)."),
+    "config": ("config", "config", "Show the effective settings (config file, profile, plugins)."),
     "models": ("plugins", "models", "List classifiers, weight variants, labels and local weights."),
     "cam": ("cam", "cam", "Class activation maps, masks and overlays for one image."),
     "bbox": ("bbox", "bbox", "Boxes from a binary mask, with metrics against ground truth."),

@@ -141,7 +141,7 @@ def check_classifier(
             report.problems.append(f"CAM failed: {type(exc).__name__}: {exc}")
     if onnx:
         try:
-            from xcam.export.onnx_export import onnx_parity  # provided by xcam.export
+            from xcam.export.parity import onnx_parity  # provided by xcam.export
 
             delta = onnx_parity(model, x)
             if delta > 1e-3:

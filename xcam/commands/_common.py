@@ -59,3 +59,80 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def profile_option(f: Callable) -> Callable:
+    return click.option(
+        "--profile", default=None, metavar="NAME",
+        help="Settings profile (plugins.toml [profiles.NAME] or built-in: default, fast, legacy, exact; "
+             "see `xcam config`). Options given here override it.",
+    )(f)
+
+
+def parse_key_values(pairs: tuple[str, ...] | list[str], what: str) -> dict[str, object]:
+    """``key=value`` strings → dict with numbers and booleans parsed; one-line error otherwise."""
+    from xcam.core.errors import UsageError
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"{what} {pair!r}: expected key=value")
+        key, value = (t.strip() for t in pair.split("=", 1))
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+            continue
+        try:
+            out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def split_csv(text: str | None) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def renamed_option(old: str, new: str, ctx: click.Context | None = None) -> None:
+    """Print the one-line notice for a renamed option that was used under its old name."""
+    click.echo(f"note: {old} is now {new} (the old spelling still works)", err=True)
+
+
+def chain_settings(profile: str | None, **overrides: object):  # -> ChainSettings
+    """The resolved settings of ``--profile`` with the command line's explicit options over it
+    (``None`` values keep the profile's); unknown plugin names fail here, in one line."""
+    from xcam.chain.settings import Overrides, resolve_settings
+
+    return resolve_settings(plugin_manager(), profile, Overrides(**overrides))  # type: ignore[arg-type]
+
+
+def cam_options(f: Callable) -> Callable:
+    """The chain options every findings command shares (each overrides the profile when given)."""
+    options = [
+        click.option("--method", default=None, help="CAM method plugin (default: the profile's; see `xcam config`)."),
+        click.option("--cam-layers", default=None, metavar="model|auto|L1,L2",
+                     help="Target layer(s): 'model', 'auto' (the network's best measured fusion) or layer paths."),
+        click.option("--aug-smooth/--no-aug-smooth", default=None,
+                     help="Test-time augmentation of each CAM (flips x 3 brightness factors)."),
+        click.option("--eigen-smooth/--no-eigen-smooth", default=None,
+                     help="First principal component of the weighted activations."),
+        click.option("--mask", "mask_name", default=None, help="Mask extractor plugin (default: the profile's)."),
+        click.option("--mask-option", multiple=True, metavar="KEY=VALUE", help="Mask extractor option (repeatable)."),
+        click.option("--strategy", default=None, help="Bbox strategy plugin (default: the profile's)."),
+        click.option("--strategy-option", multiple=True, metavar="KEY=VALUE",
+                     help="Bbox strategy option (repeatable)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def settings_from_options(profile: str | None, method: str | None, cam_layers: str | None, aug_smooth: bool | None,
+                          eigen_smooth: bool | None, mask: str | None, mask_option: tuple[str, ...],
+                          strategy: str | None, strategy_option: tuple[str, ...], **more: object):
+    """:func:`chain_settings` from the options of :func:`cam_options` (and ``more`` overrides)."""
+    return chain_settings(
+        profile, method=method, layers=cam_layers, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, mask=mask,
+        mask_options=parse_key_values(mask_option, "--mask-option"), strategy=strategy,
+        strategy_options=parse_key_values(strategy_option, "--strategy-option"), **more,
+    )

@@ -1,9 +1,9 @@
 """``xcam cam``: class activation maps, masks, boxes and overlays for one image and one model.
 
-Writes under ``OUTPUT/{image_stem}/``: ``{model}_{pathology}_P0.png`` (overlay), ``_P1`` (jet
-heatmap), ``_P2`` (its red channel), ``_P3`` (binary mask), ``_cam.npy`` (float16 CAM in the
-original grid), ``_PBBox.json``/``.png``, ``_input_image_.png`` and ``metadata.json`` (merged
-with the models already recorded there).
+The chain (:mod:`xcam.chain`) with the settings of ``--profile`` (options given here override it);
+files under ``OUTPUT/{image_stem}/`` as :mod:`xcam.chain.outputs` lays them out: ``_P0`` overlay,
+``_P1`` heatmap, ``_P2`` red channel, ``_P3`` mask, ``_cam.npy``, ``_PBBox.json/.png``,
+``_input_image_.png``, ``metadata.json`` and ``analysis.json``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ import click
 
 from xcam.commands._common import (
     accept_changed_weights_option,
+    cam_options,
     device_option,
     plugin_manager,
+    profile_option,
     resolve_device,
     weights_dir_option,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from xcam.core.pipeline import Finding
+    from xcam.chain.results import Finding
 
 
 def split_names(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -50,24 +52,26 @@ def finding_line(finding: "Finding") -> str:
               help="Explain the k most probable classes (default 3 when no --target-class).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="With --top-k: only classes with probability >= this.")
-@click.option("--method", default=None, help="CAM method (default from plugins.toml: gradcam); see `xcam plugins`.")
-@click.option("--mask", "mask_name", default=None, help="Mask extractor (default from plugins.toml: otsu).")
-@click.option("--strategy", default=None, help="Bbox strategy (default from plugins.toml: largest).")
-@click.option("--aug-smooth", is_flag=True, help="Test-time augmentation smoothing (6x slower).")
-@click.option("--eigen-smooth", is_flag=True, help="First principal component of the weighted activations.")
+@profile_option
+@cam_options
 @click.option("--output-dir", type=click.Path(file_okay=False), default="OUTPUT", show_default=True)
 @device_option
 @weights_dir_option
 @accept_changed_weights_option
 @click.option("--random-weights", is_flag=True, hidden=True, help="Random-init model (tests, demos).")
-def cam(input_path, model, weights, target_classes, top_k, threshold, method, mask_name, strategy, aug_smooth,
-        eigen_smooth, output_dir, device, weights_dir, accept_changed_weights, random_weights) -> None:
+def cam(input_path, model, weights, target_classes, top_k, threshold, profile, method, cam_layers, aug_smooth,
+        eigen_smooth, mask_name, mask_option, strategy, strategy_option, output_dir, device, weights_dir,
+        accept_changed_weights, random_weights) -> None:
     """Class activation maps, masks, boxes and overlays for one image."""
     from pathlib import Path
 
+    from xcam.chain.engine import build_chain
+    from xcam.chain.models import LoadOptions
+    from xcam.chain.outputs import write_result
+    from xcam.chain.settings import ClassChoice
+    from xcam.commands._common import settings_from_options
     from xcam.core.errors import UsageError
     from xcam.core.imageio import load_image
-    from xcam.core.pipeline import AnalysisSettings, Pipeline, write_outputs
     from xcam.core.weights import WeightsStore
 
     targets = split_names(target_classes)
@@ -75,21 +79,21 @@ def cam(input_path, model, weights, target_classes, top_k, threshold, method, ma
         raise UsageError("use either --target-class or --top-k, not both")
     image = load_image(input_path)  # a bad image fails before the model loads
     pm = plugin_manager()
-    settings = AnalysisSettings(
-        method=method, mask=mask_name, strategy=strategy, target_classes=targets,
-        top_k=None if targets else (top_k or 3), threshold=threshold, ground_truth_classes=False,
-        aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
-    )
+    settings = settings_from_options(profile, method, cam_layers, aug_smooth, eigen_smooth, mask_name, mask_option,
+                                     strategy, strategy_option)
+    choice = ClassChoice(targets=targets, top_k=None if targets else (top_k or 3), threshold=threshold,
+                         ground_truth=False)
     store = WeightsStore.from_env(weights_dir, accept_changed=accept_changed_weights)
-    pipeline = Pipeline(pm, [model or pm.classifier(None).name], settings, weights=weights,
-                        device=resolve_device(device), store=store, random_init=random_weights)
-    pipeline.load_all()
-    analysis = pipeline.analyze(image)
-    paths = write_outputs(analysis, output_dir, render=True)
-    result = analysis.results[0]
-    click.echo(f"{result.model} ({result.weights}), {result.method} on {input_path} ({image.width}x{image.height}):")
-    for finding in result.findings:
+    chain = build_chain(pm, model, settings, choice, weights=weights, store=store, keep_images=True,
+                        load=LoadOptions(backend="torch", device=resolve_device(device), random_init=random_weights))
+    result = chain.analyze(image)
+    if result.error is not None:
+        raise UsageError(f"{input_path}: {result.error}")
+    paths = write_result(result, output_dir, settings=settings.as_dict())
+    r = result.results[0]
+    click.echo(f"{r.model} ({r.weights}), {r.method} on {input_path} ({image.width}x{image.height}):")
+    for finding in r.findings:
         click.echo(finding_line(finding))
-    if not result.findings:
+    if not r.findings:
         click.echo(f"  no class with probability >= {threshold:g}")
-    click.echo(f"{len(paths)} files -> {Path(output_dir) / analysis.stem}")
+    click.echo(f"{len(paths)} files -> {Path(output_dir) / result.stem}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import click
 
+from xcam.commands._common import profile_option
+
 # name -> (train images, held-out images, phantom px, input px, epochs, batch, lr); trained without
 # augmentation and with sqrt positive weights: what learned fastest in short CPU runs (docs/training.md)
 PRESETS: dict[str, tuple[int, int, int, int, int, int, float]] = {
@@ -47,26 +49,18 @@ def _phantoms(folder, n: int, size: int, seed: int, log) -> None:
 
 
 def render_cases(result, out, limit: int = 12) -> list:
-    """``OUT/cases/{image}_{label}.png``: CAM overlay, ground truth (green), CAM box (red)."""
+    """``OUT/cases/{image}_{label}.png``: the CAM overlay with the truth and the xcam box (legend on
+    each), drawn from the CAMs the evaluation kept: nothing is computed again."""
     from pathlib import Path
 
     from xcam.core.imageio import load_image
-    from xcam.core.render import GREEN, RED, draw_boxes, overlay, write_png
-    from xcam.evaluation.cams import ensemble_cams
-    from xcam.evaluation.run import find_images
+    from xcam.core.render import write_png
+    from xcam.evaluation.report import case_image
 
     written = []
-    records = [r for r in result.records if r.evaluated][:limit]
-    paths = find_images(result.config.imgpath, sorted({r.image for r in records}))
-    models, settings = result.models, result.settings
-    for r in records:
-        image = load_image(paths[r.image])
-        cam = ensemble_cams(models, image, [r.label], settings)[r.label]
-        items = [(r.gt, GREEN, f"{r.label} (truth)")]
-        if r.preds:
-            items.append((r.preds[0][:4], RED, f"CAM box IoU {r.iou:.2f}"))
-        written.append(write_png(Path(out) / f"{Path(r.image).stem}_{r.label}.png",
-                                 draw_boxes(overlay(image.to_uint8(), cam, 0.4), items)))
+    for r in [r for r in result.records if r.evaluated and r.cam is not None][:limit]:
+        image = load_image(result.paths[r.image])
+        written.append(write_png(Path(out) / f"{Path(r.image).stem}_{r.label}.png", case_image(r, image)))
     return written
 
 
@@ -74,7 +68,8 @@ def render_cases(result, out, limit: int = 12) -> list:
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--fast", is_flag=True, help="Smaller phantoms and a shorter training (about a minute).")
 @click.option("--retrain", is_flag=True, help="Ignore the cached checkpoint for these settings.")
-def demo(out: str, fast: bool, retrain: bool) -> None:
+@profile_option
+def demo(out: str, fast: bool, retrain: bool, profile: str | None) -> None:
     """Offline demo: phantoms → train → evaluate → CAM overlays and tables (no network, no downloads)."""
     import shutil
     import time
@@ -107,8 +102,8 @@ def demo(out: str, fast: bool, retrain: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluation = evaluate(EvalConfig(
         imgpath=str(cache / "heldout" / "images"), bbox_csv=str(cache / "heldout" / "BBox_List_2017.csv"),
-        csvpath=str(cache / "heldout" / "Data_Entry_2017.csv"), models=["mobilenetv3"],
-        weights=[str(result.best_path)], output=str(out_dir / "evaluation"), progress=True,
+        csvpath=str(cache / "heldout" / "Data_Entry_2017.csv"), models=[f"mobilenetv3:{result.best_path}"],
+        profile=profile, output=str(out_dir / "evaluation"), progress=True,
     ), plugin_manager())
     cases = render_cases(evaluation, out_dir / "cases")
     for name in ("performance.png", "performance.csv"):
@@ -121,7 +116,7 @@ def demo(out: str, fast: bool, retrain: bool) -> None:
         f"Held-out macro AUC {mean.get('auc') or float('nan'):.3f}; class-mean pointing-game hit rate "
         f"{mean['pointing']:.3f}; T(IoBB>0.25) {mean['iobb']['0.25']:.3f}.", "",
         baseline_table(evaluation.summary), "",
-        "Files: `cases/*.png` (CAM overlay, truth green, CAM box red), `evaluation/results.md` (full table), "
+        "Files: `cases/*.png` (CAM overlay, ground truth green, xcam box magenta), `evaluation/results.md` (full table), "
         "`evaluation/montage.png` (best and worst), `performance.png` (training curves).",
     ]
     (out_dir / "index.md").write_text("\n".join(lines) + "\n")

@@ -1,75 +1,47 @@
-"""``xcam evaluate``: dataset-level localization accuracy (Wang et al. 2017), see docs/evaluation.md."""
+"""``xcam evaluate``: dataset-level localization accuracy (Wang et al. 2017), see docs/evaluation.md.
+
+The chain with the settings of ``--profile`` (the default profile is the one measured to localize
+best), so what it reports is what ``analyze``, ``score`` and the UI produce.
+"""
 
 from __future__ import annotations
 
 import click
 
-from xcam.commands._common import accept_changed_weights_option, device_option, weights_dir_option
-
-from xcam.evaluation.defaults import (
-    DEFAULT_AUG_SMOOTH,
-    DEFAULT_ENSEMBLER,
-    DEFAULT_MASK,
-    DEFAULT_METHOD,
-    DEFAULT_STRATEGY,
+from xcam.commands._common import (
+    accept_changed_weights_option,
+    cam_options,
+    device_option,
+    profile_option,
+    renamed_option,
+    weights_dir_option,
 )
-
-
-def _csv_list(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def _layers(text: str | None) -> list[str] | str | None:
-    if not text or text == "model":
-        return None
-    return "auto" if text == "auto" else _csv_list(text)
-
-
-def _options(pairs: tuple[str, ...], what: str) -> dict[str, object]:
-    """``key=value`` strings → dict with numbers parsed."""
-    from xcam.core.errors import UsageError
-
-    out: dict[str, object] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UsageError(f"{what} {pair!r}: expected key=value")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
-        except ValueError:
-            out[key.strip()] = value.strip()
-    return out
 
 
 @click.command("evaluate")
 @click.option("--imgpath", required=True, type=click.Path(), help="Folder with the images (searched recursively).")
 @click.option("--bbox-csv", required=True, type=click.Path(), help="BBox_List_2017.csv (or a subset in its layout).")
 @click.option("--csvpath", default=None, type=click.Path(), help="Data_Entry_2017.csv: adds per-class AUC.")
-@click.option("--models", default="mobilenetv3", show_default=True, help="Classifier plugin(s), comma-separated (an ensemble).")
-@click.option("--weights", default=None, help="Weight variant or checkpoint path per model, comma-separated.")
-@click.option("--model-weights", default=None, help="Ensemble weight per model, comma-separated numbers.")
-@click.option("--method", default=DEFAULT_METHOD, show_default=True, help="CAM method plugin.")
-@click.option("--cam-layer", default="auto", show_default=True,
-              help="Target layer(s), comma-separated (several are fused); 'model': the model's own; "
-                   "'auto': the best measured fusion for known architectures, else the model's own.")
-@click.option("--aug-smooth/--no-aug-smooth", default=DEFAULT_AUG_SMOOTH, show_default=True,
-              help="Test-time augmentation of each CAM (pytorch-grad-cam's aug_smooth: flips x 3 brightness "
-                   "factors, 6 passes; localized better on phantoms).")
-@click.option("--mask", default=DEFAULT_MASK, show_default=True, help="Mask extractor plugin.")
-@click.option("--mask-option", multiple=True, help="key=value passed to the mask extractor (repeatable).")
-@click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, help="Bounding-box strategy plugin.")
-@click.option("--strategy-option", multiple=True, help="key=value passed to the box strategy (repeatable).")
-@click.option("--ensembler", default=DEFAULT_ENSEMBLER, show_default=True, help="Combines models (and fused layers).")
+@click.option("--models", default="mobilenetv3", show_default=True, metavar="M[:WEIGHTS],...",
+              help="Classifier plugin(s), comma-separated, each optionally name:variant-or-checkpoint (an ensemble).")
+@click.option("--weights", default=None,
+              help="Weight variant or checkpoint per model, comma-separated (same as name:weights in --models).")
+@click.option("--model-weights", default=None, metavar="W1,W2,...", help="Ensemble weight per model.")
+@profile_option
+@cam_options
+@click.option("--cam-layer", "cam_layer_old", default=None, hidden=True)
+@click.option("--ensembler", default=None, help="Combines models (and fused layers); default: the profile's.")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "auto"]), default="torch", show_default=True)
 @click.option("--output", default="eval", show_default=True, type=click.Path(file_okay=False))
 @click.option("--random-weights", is_flag=True, help="Random model weights (smoke tests: the numbers mean nothing).")
 @click.option("--montage", type=click.IntRange(0), default=4, show_default=True, help="Best/worst cases shown.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
 @device_option
 @weights_dir_option
 @accept_changed_weights_option
-def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, method, cam_layer, aug_smooth, mask, mask_option, strategy,
-             strategy_option, ensembler, output, random_weights, montage, quiet, device, weights_dir,
-             accept_changed_weights) -> None:
+def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile, method, cam_layers, aug_smooth,
+             eigen_smooth, mask_name, mask_option, strategy, strategy_option, cam_layer_old, ensembler, backend,
+             output, random_weights, montage, quiet, device, weights_dir, accept_changed_weights) -> None:
     """Localize every box of a BBox_List with CAMs and score it as Wang et al. 2017 did.
 
     Per class: T(IoBB) accuracy at 0.1–0.9, T(IoU) at 0.1–0.7, average false positives,
@@ -77,23 +49,37 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, method,
     use no model (a whole-lung-field box and a centre box). Writes results.json, results.md,
     per_box.csv, accuracy_vs_threshold.png and montage.png into --output.
     """
-    from xcam.commands._common import plugin_manager, resolve_device
+    from xcam.chain.settings import Overrides
+    from xcam.commands._common import parse_key_values, plugin_manager, resolve_device, split_csv
     from xcam.core.errors import UsageError
     from xcam.evaluation.report import baseline_table
     from xcam.evaluation.run import EvalConfig
     from xcam.evaluation.run import evaluate as run_evaluation
 
+    if cam_layer_old is not None:
+        renamed_option("--cam-layer", "--cam-layers")
+        cam_layers = cam_layers or cam_layer_old
     try:
-        ensemble_w = [float(v) for v in _csv_list(model_weights)] if model_weights else None
+        ensemble_w = [float(v) for v in split_csv(model_weights)] if model_weights else None
     except ValueError:
         raise UsageError(f"--model-weights {model_weights!r}: expected comma-separated numbers") from None
+    names = split_csv(models) or ["mobilenetv3"]
+    variants = split_csv(weights)
+    if variants:
+        if len(variants) == 1 and len(names) > 1:
+            variants = variants * len(names)
+        if len(variants) != len(names):
+            raise UsageError(f"{len(variants)} --weights for {len(names)} --models (give one per model, comma-separated)")
+        names = [n if ":" in n else f"{n}:{v}" for n, v in zip(names, variants)]
+    overrides = Overrides(method=method, layers=cam_layers, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+                          mask=mask_name, mask_options=parse_key_values(mask_option, "--mask-option"),
+                          strategy=strategy, strategy_options=parse_key_values(strategy_option, "--strategy-option"),
+                          ensembler=ensembler)
     config = EvalConfig(
-        imgpath=imgpath, bbox_csv=bbox_csv, csvpath=csvpath, models=_csv_list(models) or ["mobilenetv3"],
-        weights=_csv_list(weights) or [None], model_weights=ensemble_w, method=method, mask=mask, strategy=strategy,
-        ensembler=ensembler, cam_layers=_layers(cam_layer), aug_smooth=aug_smooth, mask_options=_options(mask_option, "--mask-option"),
-        strategy_options=_options(strategy_option, "--strategy-option"), output=output, random_init=random_weights,
-        device=resolve_device(device), weights_dir=weights_dir, accept_changed=accept_changed_weights,
-        montage=montage, progress=not quiet,
+        imgpath=imgpath, bbox_csv=bbox_csv, csvpath=csvpath, models=names, model_weights=ensemble_w,
+        profile=profile, overrides=overrides, output=output, random_init=random_weights,
+        device=resolve_device(device), backend=backend, weights_dir=weights_dir,
+        accept_changed=accept_changed_weights, montage=montage, progress=not quiet,
     )
     result = run_evaluation(config, plugin_manager())
     s = result.summary

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from xcam.commands._common import accept_changed_weights_option, device_option, weights_dir_option
+from xcam.commands._common import accept_changed_weights_option, device_option, profile_option, weights_dir_option
 
 
 @click.command("score")
@@ -30,8 +30,11 @@ from xcam.commands._common import accept_changed_weights_option, device_option, 
 @click.option("--with-cams", is_flag=True, help="Compute CAMs (a 'cams' column with each CAM's peak).")
 @click.option("--cam-classes", type=click.Choice(["positive", "all"]), default="positive", show_default=True)
 @click.option("--boxes", is_flag=True, help="Boxes per positive finding, in original pixels ('boxes' JSON column).")
-@click.option("--cam-method", default=None, help="CAM method plugin (default from plugins.toml).")
-@click.option("--ensembler", default=None, help="Ensembler plugin for several models (default from plugins.toml).")
+@profile_option
+@click.option("--cam-method", default=None, help="CAM method plugin (default: the profile's; see `xcam config`).")
+@click.option("--mask", "mask_name", default=None, help="Mask extractor plugin for --boxes (default: the profile's).")
+@click.option("--strategy", default=None, help="Bbox strategy plugin for --boxes (default: the profile's).")
+@click.option("--ensembler", default=None, help="Ensembler plugin for several models (default: the profile's).")
 @click.option("--workers", type=click.IntRange(1, 1024), default=None,
               help="local: decoding threads (default: CPU count); ray: model actors (default: from cluster CPUs).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -46,14 +49,16 @@ from xcam.commands._common import accept_changed_weights_option, device_option, 
 @accept_changed_weights_option
 @click.pass_context
 def score(ctx: click.Context, input_: str, output: str, models: str | None, backend: str, device: str,
-          batch_size: int, threshold: float, with_cams: bool, cam_classes: str, boxes: bool, cam_method: str | None,
-          ensembler: str | None, workers: int | None, resume: bool, engine: str, address: str | None,
+          batch_size: int, threshold: float, with_cams: bool, cam_classes: str, boxes: bool, profile: str | None,
+          cam_method: str | None, mask_name: str | None, strategy: str | None, ensembler: str | None, workers: int | None, resume: bool, engine: str, address: str | None,
           progress: bool | None, as_json: bool, pool: str, random_weights: bool, weights_dir: str | None,
           accept_changed_weights: bool) -> None:
     """Score every image of a folder, glob or list into one results file, one row per image.
 
     A killed run leaves a readable file; running the same command again resumes it (no input is
     lost or scored twice). Unreadable inputs become error rows; the exit code is 1 when any failed.
+    CAMs and boxes come from the same chain as `xcam analyze` (settings: --profile, then the
+    options given here).
     """
     from xcam.commands._common import plugin_manager, resolve_device
     from xcam.score.inputs import check_input
@@ -73,7 +78,8 @@ def score(ctx: click.Context, input_: str, output: str, models: str | None, back
         backend=backend, device=resolve_device(device), random_weights=random_weights,
         weights_dir=absolute(weights_dir), accept_changed_weights=accept_changed_weights,
         config_path=absolute(root.get("config")), ensembler=ensembler, threshold=threshold,
-        with_cams=with_cams or boxes, cam_classes=cam_classes, boxes=boxes, cam_method=cam_method,
+        with_cams=with_cams or boxes, cam_classes=cam_classes, boxes=boxes, profile=profile, cam_method=cam_method,
+        mask=mask_name, strategy=strategy,
     )
     config = JobConfig(input=input_, output=output, options=options, batch_size=batch_size, workers=workers,
                        resume=resume, engine=engine, address=address, pool=pool, progress=progress)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import click
 
-from xcam.commands._common import weights_dir_option
+from xcam.commands._common import profile_option, weights_dir_option
 from xcam.core.errors import XcamError
 from xcam.ui.settings import UiSettings, parse_checkpoint
 
@@ -41,6 +41,14 @@ def streamlit_command(settings: UiSettings, port: int, address: str, python: str
     ]
 
 
+def check_profile(config: str | None, profile: str) -> None:
+    """An unknown or malformed ``--profile`` fails here, in one line, before the server starts."""
+    from xcam.chain.settings import profile_settings
+    from xcam.core.config import load_config
+
+    profile_settings(load_config(config), profile)
+
+
 def check_streamlit() -> None:
     if importlib.util.find_spec("streamlit") is None:
         raise XcamError(INSTALL_HINT)
@@ -58,12 +66,13 @@ def check_streamlit() -> None:
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=50.0, show_default=True,
               help="Uploads larger than this are refused.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@profile_option
 @click.option("--random-weights", is_flag=True, hidden=True, envvar="XCAM_UI_RANDOM_WEIGHTS",
               help="Random-init weights for every model (tests and demos; predictions are meaningless).")
 @click.option("--print-command", is_flag=True, hidden=True, help="Print the streamlit command and exit.")
 @click.pass_context
 def ui(ctx: click.Context, port: int, address: str, images_dir: str | None, weights_dir: str | None,
-       checkpoints: Sequence[str], models: Sequence[str], max_upload_mb: float, device: str,
+       checkpoints: Sequence[str], models: Sequence[str], max_upload_mb: float, device: str, profile: str | None,
        random_weights: bool, print_command: bool) -> None:
     """Start the Streamlit web UI: upload or pick an X-ray, compare models, CAMs, boxes and metrics."""
     if checkpoints and random_weights:
@@ -73,6 +82,8 @@ def ui(ctx: click.Context, port: int, address: str, images_dir: str | None, weig
         if not Path(path).is_file():
             raise XcamError(f"--weights {spec}: checkpoint file {path} not found")
     config = (ctx.find_root().obj or {}).get("config")
+    if profile:
+        check_profile(config, profile)
     settings = UiSettings(
         images_dir=Path(images_dir).resolve() if images_dir else None,
         weights_dir=Path(weights_dir).expanduser().resolve() if weights_dir else None,
@@ -82,6 +93,7 @@ def ui(ctx: click.Context, port: int, address: str, images_dir: str | None, weig
         models=tuple(models),
         device=device,
         config=Path(config).resolve() if config else None,
+        profile=profile or None,
     )
     command = streamlit_command(settings, port, address)
     env = {**os.environ, **settings.to_env()}

@@ -2,7 +2,7 @@
 
 Modelled on conda's plugin system: each hook returns an iterable of one dataclass type, the host
 checks names for conflicts, and nothing here imports torch (``build`` callables import it when
-they are called).
+they are called). :class:`WeightVariant` lives in :mod:`xcam.core.variants` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -11,31 +11,14 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from xcam.core.variants import WeightVariant
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
 
     from xcam.core.model import XCamModel
     from xcam.core.weights import WeightsStore
-
-
-@dataclass(frozen=True)
-class WeightVariant:
-    """One set of weights for a classifier: what travels with the file.
-
-    ``labels``/``op_threshs`` override the classifier's defaults when this variant predicts a
-    different label set; an empty label ``""`` marks an output the weights were not trained on.
-    ``filename`` is the name the file has on disk (torchxrayvision's cache uses the URL basename).
-    """
-
-    name: str
-    filename: str
-    url: str | None = None
-    description: str = ""
-    training_data: str = ""
-    labels: tuple[str, ...] | None = None
-    op_threshs: tuple[float, ...] | None = None
-    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +184,10 @@ class EnsemblerRegistration:
     combine_cams: Callable[..., "np.ndarray"]
     description: str = ""
 
+
+__all__ = ["WeightVariant", "BuildRequest", "ClassifierRegistration", "CamMethodRegistration",
+           "MaskExtractorRegistration", "ScoredBox", "BboxStrategyRegistration", "EnsemblerRegistration",
+           "REGISTRATION_TYPES"]
 
 REGISTRATION_TYPES: dict[str, type] = {
     "xcam_classifiers": ClassifierRegistration,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from xcam.core.errors import ChangedWeightsError, UnsafeWeightsError, WeightsError, WeightsMissingError
-from xcam.core.types import WeightVariant
+from xcam.core.variants import WeightVariant
 
 
 def xcam_home() -> Path:

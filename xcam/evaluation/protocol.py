@@ -36,6 +36,8 @@ class BoxRecord:
     hit: bool = False
     evaluated: bool = True  # False: no model predicts this class
     baselines: dict[str, Box] = field(default_factory=dict)
+    cam: Any = field(default=None, repr=False, compare=False)  # float16 work-grid CAM (not serialized)
+    grid: Any = field(default=None, repr=False, compare=False)  # its xcam.core.preprocess.WorkGrid
 
     @property
     def iobb(self) -> float:

@@ -1,11 +1,10 @@
 """Report files of an evaluation: ``results.json``, ``results.md``, ``per_box.csv``,
-``accuracy_vs_threshold.png`` and ``montage.png`` (best and worst boxes, ground truth green,
-prediction red, CAM overlaid)."""
+``accuracy_vs_threshold.png`` and ``montage.png`` (best and worst boxes, CAM overlaid; boxes in
+the one colour convention of :mod:`xcam.core.render`, with a legend)."""
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -63,14 +62,16 @@ def baseline_table(summary: Mapping[str, Any]) -> str:
 
 
 def markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
-    models = ", ".join(f"{m['name']} ({m['weights']}, layer {m['cam_layer']})" for m in summary.get("models", []))
-    layers = config.get("cam_layers")
-    layers = [layers] if isinstance(layers, str) else layers
+    models = "; ".join(
+        f"{m['name']} ({m['weights']}): CAM `{m['cam_method']}` on {m['cam_layer']}"
+        + (" with test-time augmentation" if m.get("aug_smooth") else "")
+        for m in summary.get("models", []))
+    s = summary.get("settings") or {}
     parts = [
         "# Localization evaluation (Wang et al. 2017 protocol)", "",
-        f"Models: {models}. CAM: `{config['method']}`"
-        + (f" fused over layers {', '.join(layers)}" if layers else "")
-        + f"; mask `{config['mask']}`; boxes `{config['strategy']}`; ensembler `{config['ensembler']}`.",
+        f"Profile `{s.get('profile', 'default')}`. Models: {models}. Mask `{s.get('mask')}` "
+        f"{s.get('mask_options') or ''}; boxes `{s.get('strategy')}`; ensembler `{s.get('ensembler')}`; "
+        f"masks and boxes computed at work size `{s.get('work_size')}`.",
         f"Box list: `{config['bbox_csv']}`; images found: {summary['images']['found']} of "
         f"{summary['images']['with_boxes']}, unreadable: {len(summary['images'].get('unreadable', {}))}.", "",
         "## CAM beside the baselines", "",
@@ -109,42 +110,43 @@ def plot_accuracy(summary: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _tile(record: Any, cam: Any, image: Any, size: int = 256) -> Any:
+def case_image(record: Any, image: Any, alpha: float = 0.4) -> Any:
+    """A record's CAM overlaid on its image with the truth and the predicted box (and a legend)."""
+    from xcam.core.render import PREDICTION, TRUTH, draw_annotated, overlay
+
+    cam = record.grid.to_original(record.cam.astype("float32"))
+    items = [(record.gt, TRUTH, record.label)]
+    if record.preds:
+        items.append((record.preds[0][:4], PREDICTION, f"IoU {record.iou:.2f}"))
+    legend = [(PREDICTION, "xcam box"), (TRUTH, "ground truth")]
+    return draw_annotated(overlay(image.to_uint8(), cam, alpha), items, legend)
+
+
+def _tile(record: Any, image: Any, size: int = 256) -> Any:
     import cv2
 
-    from xcam.core.render import GREEN, RED, draw_boxes, overlay
-
-    items = [(record.gt, GREEN, "GT")]
-    if record.preds:
-        items.append((record.preds[0][:4], RED, "CAM"))
-    art = draw_boxes(overlay(image.to_uint8(), cam, 0.35), items)
+    art = case_image(record, image, 0.35)
     art = cv2.resize(art, (size, round(size * image.height / image.width)), interpolation=cv2.INTER_AREA)
     text = f"{record.label[:14]} IoU {record.iou:.2f}"
-    cv2.putText(art, text, (4, art.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(art, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return art
 
 
-def montage(records: Sequence[Any], models: Sequence[Any], settings: Any, paths: Mapping[str, Path],
-            out: Path, k: int = 4) -> Path | None:
-    """Best ``k`` and worst ``k`` boxes by IoU (then IoBB), one row each."""
+def montage(records: Sequence[Any], paths: Mapping[str, Path], out: Path, k: int = 4) -> Path | None:
+    """Best ``k`` and worst ``k`` boxes by IoU (then IoBB), one row each, from the records' own CAMs."""
     import numpy as np
 
     from xcam.core.imageio import load_image
     from xcam.core.render import write_png
-    from xcam.evaluation.cams import ensemble_cams
 
-    done = [r for r in records if r.evaluated and r.image in paths]
+    done = [r for r in records if r.evaluated and r.cam is not None and r.image in paths]
     if not done or k <= 0:
         return None
     ranked = sorted(done, key=lambda r: (r.iou, r.iobb, r.hit))
     worst, best = ranked[:k], ranked[::-1][:k]
     rows = []
     for group in (best, worst):
-        tiles = []
-        for r in group:
-            image = load_image(paths[r.image])
-            cam = ensemble_cams(models, image, [r.label], settings).get(r.label)
-            tiles.append(_tile(r, cam, image))
+        tiles = [_tile(r, load_image(paths[r.image])) for r in group]
         h = max(t.shape[0] for t in tiles)
         tiles = [np.pad(t, ((0, h - t.shape[0]), (0, 0), (0, 0))) for t in tiles]
         tiles += [np.zeros_like(tiles[0])] * (k - len(tiles))
@@ -152,8 +154,9 @@ def montage(records: Sequence[Any], models: Sequence[Any], settings: Any, paths:
     return write_png(out, np.vstack(rows))
 
 
-def write_report(result: Any, models: Sequence[Any], settings: Any) -> dict[str, Path]:
-    from xcam.evaluation.run import config_dict, find_images
+def write_report(result: Any) -> dict[str, Path]:
+    from xcam.core.jsonio import write_json
+    from xcam.evaluation.run import config_dict
 
     out = Path(result.config.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +164,7 @@ def write_report(result: Any, models: Sequence[Any], settings: Any) -> dict[str,
     files = {"json": out / "results.json", "markdown": out / "results.md", "per_box": out / "per_box.csv",
              "plot": out / "accuracy_vs_threshold.png"}
     payload = {"config": config, "summary": result.summary, "records": [r.as_dict() for r in result.records]}
-    files["json"].write_text(json.dumps(payload, indent=1, default=lambda o: None))
+    write_json(files["json"], payload, indent=1)
     files["markdown"].write_text(markdown(result.summary, config))
     with open(files["per_box"], "w", newline="") as f:
         w = csv.writer(f)
@@ -174,8 +177,7 @@ def write_report(result: Any, models: Sequence[Any], settings: Any) -> dict[str,
                         int(r.hit), f"{lung['iobb']:.4f}", f"{lung['iou']:.4f}", f"{centre['iobb']:.4f}",
                         f"{centre['iou']:.4f}"])
     plot_accuracy(result.summary, files["plot"])
-    paths = find_images(result.config.imgpath, sorted({r.image for r in result.records}))
-    m = montage(result.records, models, settings, paths, out / "montage.png", result.config.montage)
+    m = montage(result.records, result.paths, out / "montage.png", result.config.montage)
     if m is not None:
         files["montage"] = m
     return files

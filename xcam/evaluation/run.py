@@ -1,7 +1,11 @@
-"""One evaluation run: box list + images + model(s) → per-box records → tables and files.
+"""One evaluation run: the chain over the images of a box list + Wang et al. 2017's protocol.
 
-Defaults (``DEFAULT_*``, from :mod:`xcam.evaluation.defaults`) are the choices that localized
-best on phantoms, see docs/evaluation.md "What localizes best".
+Each image goes through :class:`xcam.chain.engine.Chain` with the classes of its ground-truth
+boxes as the only classes explained (the settings profile decides CAMs, masks and boxes, exactly
+as for ``analyze`` and ``score``); every ground-truth box becomes a :class:`BoxRecord` from the
+finding of its class (the consolidated one when several models explain it). The records keep their
+work-grid CAM (float16) so the report's montage and the demo's cases are drawn without computing
+any CAM again.
 """
 
 from __future__ import annotations
@@ -10,50 +14,44 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from xcam.core.errors import UsageError
+from xcam.core.labels import label_key
+from xcam.core.nih import GroundTruthBox, image_index, read_boxes, read_image_labels
 from xcam.evaluation import baselines as B
-from xcam.evaluation.groundtruth import GroundTruthBox, read_boxes, read_image_labels
 from xcam.evaluation.protocol import BoxRecord, summarize
 
-from xcam.evaluation.defaults import (  # noqa: F401 (re-exported)
-    DEFAULT_AUG_SMOOTH,
-    DEFAULT_ENSEMBLER,
-    DEFAULT_LAYERS,
-    DEFAULT_MASK,
-    DEFAULT_METHOD,
-    DEFAULT_STRATEGY,
-)
+if TYPE_CHECKING:  # pragma: no cover
+    from xcam.chain.engine import Chain
+    from xcam.chain.results import Consolidation, Finding, ImageResult
+    from xcam.chain.settings import ChainSettings
 
 
 @dataclass
 class EvalConfig:
-    """Settings of ``xcam evaluate``."""
+    """Settings of ``xcam evaluate`` (CAM, mask and box choices come from ``profile`` and
+    ``overrides``: an :class:`xcam.chain.settings.Overrides`)."""
 
     imgpath: str
     bbox_csv: str
     csvpath: str | None = None
-    models: list[str] = field(default_factory=lambda: ["mobilenetv3"])
-    weights: list[str | None] = field(default_factory=lambda: [None])
-    model_weights: list[float] | None = None  # ensemble weights per model
-    method: str = DEFAULT_METHOD
-    mask: str = DEFAULT_MASK
-    strategy: str = DEFAULT_STRATEGY
-    ensembler: str = DEFAULT_ENSEMBLER
-    cam_layers: list[str] | str | None = DEFAULT_LAYERS
-    aug_smooth: bool = DEFAULT_AUG_SMOOTH  # pytorch-grad-cam's test-time augmentation (6 passes per CAM)
-    mask_options: dict[str, Any] = field(default_factory=dict)
-    strategy_options: dict[str, Any] = field(default_factory=dict)
+    models: list[str] = field(default_factory=lambda: ["mobilenetv3"])  # each "name" or "name:variant"
+    model_weights: list[float] | None = None  # ensemble weight per model
+    profile: str | None = None
+    overrides: Any = None
     output: str | None = "eval"
     random_init: bool = False
     device: str = "cpu"
+    backend: str = "torch"
     weights_dir: str | None = None
     accept_changed: bool = False
     montage: int = 4
     progress: bool = True
+    batch_size: int = 4
+    workers: int = 2
 
 
 @dataclass
@@ -61,65 +59,46 @@ class EvalResult:
     summary: dict[str, Any]
     records: list[BoxRecord]
     config: EvalConfig
+    settings: "ChainSettings"
     files: dict[str, Path] = field(default_factory=dict)
-    models: list[Any] = field(default_factory=list, repr=False)  # the loaded classifiers
-    settings: Any = field(default=None, repr=False)  # the CamSettings used
+    paths: dict[str, Path] = field(default_factory=dict, repr=False)  # image name → file
 
 
-def load_models(pm: Any, config: EvalConfig) -> list[Any]:
-    """The classifiers of the run (PyTorch backend: CAM methods need autograd)."""
-    from xcam.core.inference import load_classifier
+def build_eval_chain(pm: Any, config: EvalConfig) -> "Chain":
+    """The chain of the run: settings from the profile and overrides, models loaded once."""
+    from xcam.chain.engine import build_chain, with_model_weights
+    from xcam.chain.models import LoadOptions
+    from xcam.chain.settings import ClassChoice, resolve_settings
     from xcam.core.weights import WeightsStore
 
-    names, weights = list(config.models), list(config.weights or [None])
-    if len(weights) == 1 and len(names) > 1:
-        weights = weights * len(names)
-    if len(weights) != len(names):
-        raise UsageError(f"{len(weights)} --weights for {len(names)} --models (give one per model, comma-separated)")
+    settings = resolve_settings(pm, config.profile, config.overrides)
     store = WeightsStore.from_env(config.weights_dir, accept_changed=config.accept_changed)
-    return [
-        load_classifier(pm, name, w or None, backend="torch", device=config.device, store=store,
-                        random_init=config.random_init)
-        for name, w in zip(names, weights)
-    ]
+    chain = build_chain(pm, list(config.models), settings, ClassChoice.none(ground_truth=True), store=store,
+                        keep_images=True, load=LoadOptions(backend=config.backend, device=config.device,
+                                                           random_init=config.random_init))
+    chain.settings = with_model_weights(settings, config.model_weights, len(chain.models))
+    return chain
 
 
 def find_images(imgpath: str | Path, names: Sequence[str]) -> dict[str, Path]:
-    from xcam.train.data import _image_index
-
-    folder = Path(imgpath)
-    if not folder.is_dir():
-        raise UsageError(f"{folder}: image folder not found")
-    return _image_index(folder, list(names))
+    return image_index(imgpath, list(names))
 
 
-def _argmax_point(cam: np.ndarray) -> tuple[float, float] | None:
-    a = np.nan_to_num(np.asarray(cam, dtype=np.float64), nan=-np.inf)
-    if a.size == 0 or not np.isfinite(a.max()) or a.max() <= a.min():
-        return None
-    r, c = np.unravel_index(int(np.argmax(a)), a.shape)
-    return (c + 0.5, r + 0.5)
+def record_of(gt: GroundTruthBox, result: "ImageResult", localized: dict[str, "Finding | Consolidation"]
+              ) -> BoxRecord:
+    """The record of one ground-truth box from its image's chain result."""
+    from xcam.core.metrics import point_hit
 
-
-def boxes_from_cam(cam: np.ndarray, extract: Callable[..., np.ndarray], strategy: Callable[..., Sequence[Any]],
-                   mask_options: dict[str, Any], strategy_options: dict[str, Any]) -> list[tuple[float, ...]]:
-    """CAM → mask (extractor plugin) → scored boxes (strategy plugin), as ``(x, y, w, h, score)``."""
-    mask = extract(cam, **mask_options)
-    return [(b.x, b.y, b.width, b.height, float(b.score)) for b in strategy(mask, cam=cam, **strategy_options)]
-
-
-def measure_box(gt: GroundTruthBox, cam: np.ndarray | None, width: int, height: int, extract, strategy,
-                mask_options: dict[str, Any], strategy_options: dict[str, Any]) -> BoxRecord:
-    """The record of one ground-truth box given its class's CAM (``None``: no model predicts it)."""
-    from xcam.core.metrics import pointing_game_hit
-
-    record = BoxRecord(gt.image, gt.label, gt.box, width, height)
-    if cam is None:
+    record = BoxRecord(gt.image, gt.label, gt.box, result.width, result.height)
+    item = localized.get(label_key(gt.label))
+    if item is None:
         record.evaluated = False
         return record
-    record.preds = boxes_from_cam(cam, extract, strategy, mask_options, strategy_options)
-    record.point = _argmax_point(cam)
-    record.hit = bool(pointing_game_hit(cam, gt.box))
+    record.preds = [(b.x, b.y, b.width, b.height, float(b.score)) for b in item.boxes]
+    record.point = item.peak
+    record.hit = point_hit(item.peak, gt.box)
+    record.cam = item.cam.astype(np.float16)
+    record.grid = result.grid
     return record
 
 
@@ -134,99 +113,101 @@ def add_centre_baselines(records: Sequence[BoxRecord]) -> None:
             r.baselines["centre"] = B.centre_box(r.width, r.height, fw * r.width, fh * r.height)
 
 
-def class_aucs(pm: Any, models: Sequence[Any], config: EvalConfig, combine_probs) -> dict[str, float]:
-    """Per-class ROC AUC (scikit-learn) over every labelled image found in the image folder."""
+def class_aucs(chain: "Chain", config: EvalConfig) -> dict[str, float]:
+    """Per-class ROC AUC (scikit-learn) over every labelled image found in the image folder, from
+    the chain's probabilities (the ensembler's when several models run)."""
     from sklearn.metrics import roc_auc_score
-    from tqdm.auto import tqdm
 
-    from xcam.core.errors import XcamError
-    from xcam.core.imageio import load_image
-    from xcam.evaluation.cams import ensemble_probabilities
+    from xcam.chain.settings import ClassChoice
+    from xcam.core.progress import progress_bar
 
+    assert config.csvpath is not None
     labels_of = read_image_labels(config.csvpath)
     paths = find_images(config.imgpath, list(labels_of))
+    classify = chain.with_choice(ClassChoice.none())
+    classify.keep_images = False
     scores: dict[str, list[float]] = defaultdict(list)
     truth: dict[str, list[int]] = defaultdict(list)
-    predicted = {m.labels[i] for m in models for i in m.valid_indices}
-    for name in tqdm(sorted(paths), desc="classify", disable=not config.progress, leave=False):
-        try:
-            image = load_image(paths[name])
-        except XcamError:
-            continue
-        probs = ensemble_probabilities(models, image, combine_probs, config.model_weights)
-        for label in predicted:
-            if label in probs:
-                scores[label].append(probs[label])
+    names = sorted(paths)
+    by_path = {str(paths[n]): n for n in names}
+    with progress_bar(total=len(names), desc="classify", enabled=config.progress, unit="image") as bar:
+        for result in classify.stream([paths[n] for n in names], batch_size=16, workers=config.workers):
+            bar.update(1)
+            if result.error is not None:
+                continue
+            probs = result.combined_predictions or result.results[0].predictions
+            name = by_path[result.path]
+            for label, p in probs.items():
+                scores[label].append(float(p))
                 truth[label].append(int(label in labels_of[name]))
     out: dict[str, float] = {}
-    for label in sorted(predicted):
+    for label in sorted(scores):
         y = truth[label]
         if 0 < sum(y) < len(y):
             out[label] = float(roc_auc_score(y, scores[label]))
     return out
 
 
-def evaluate(config: EvalConfig, pm: Any = None) -> EvalResult:
+def evaluate(config: EvalConfig, pm: Any = None, chain: "Chain | None" = None) -> EvalResult:
     """Run the protocol and (with ``config.output``) write the report files."""
-    from tqdm.auto import tqdm
-
-    from xcam.core.errors import XcamError
-    from xcam.core.imageio import load_image
+    from xcam.chain.engine import ground_truth_lookup
     from xcam.core.manager import get_plugin_manager
-    from xcam.evaluation.cams import CamSettings, ensemble_cams, resolve_cam_method
+    from xcam.core.progress import progress_bar
 
     pm = pm or get_plugin_manager()
     boxes = read_boxes(config.bbox_csv)
     if not boxes:
         raise UsageError(f"{config.bbox_csv}: no boxes to evaluate")
-    method = resolve_cam_method(pm, config.method)
-    extract = pm.mask_extractor(config.mask).extract
-    strategy = pm.bbox_strategy(config.strategy).boxes
-    ensembler = pm.ensembler(config.ensembler)
-    models = load_models(pm, config)
-    settings = CamSettings(method, ensembler.combine_cams, config.cam_layers,
-                           {"aug_smooth": True} if config.aug_smooth else None)
-
+    chain = chain or build_eval_chain(pm, config)
     by_image: dict[str, list[GroundTruthBox]] = defaultdict(list)
     for gt in boxes:
         by_image[gt.image].append(gt)
     paths = find_images(config.imgpath, list(by_image))
     if not paths:
         raise UsageError(f"{config.imgpath}: none of the {len(by_image)} images of {Path(config.bbox_csv).name} was found")
+    table = {name: [(g.label, g.box) for g in gts] for name, gts in by_image.items()}
+    names = sorted(paths)
     records: list[BoxRecord] = []
     unreadable: dict[str, str] = {}  # image name -> the one-line reason
-    for name in tqdm(sorted(paths), desc="localize", disable=not config.progress, leave=False):
-        try:
-            image = load_image(paths[name])
-        except XcamError as exc:
-            unreadable[name] = str(exc)
-            continue
-        gts = by_image[name]
-        cams = ensemble_cams(models, image, sorted({g.label for g in gts}), settings, config.model_weights)
-        lung = B.lung_field_box(image.pixels)
-        for gt in gts:
-            record = measure_box(gt, cams.get(gt.label), image.width, image.height, extract, strategy,
-                                 config.mask_options, config.strategy_options)
-            record.baselines["lung_field"] = lung
-            records.append(record)
+    with progress_bar(total=len(names), desc="localize", enabled=config.progress, unit="image") as bar:
+        for result in chain.stream([paths[n] for n in names], batch_size=config.batch_size, workers=config.workers,
+                                   ground_truth=ground_truth_lookup(table)):
+            bar.update(1)
+            name = Path(result.path).name
+            if result.error is not None:
+                unreadable[name] = f"{result.path}: {result.error}"
+                continue
+            localized = result.localized()
+            lung = B.lung_field_box(result.image.pixels) if result.image is not None else None
+            for gt in by_image[name]:
+                record = record_of(gt, result, localized)
+                if lung is not None:
+                    record.baselines["lung_field"] = lung
+                records.append(record)
+            result.image = None  # the pixels are not needed any more
     if not records:
         raise UsageError("no box could be evaluated (images unreadable)")
     add_centre_baselines(records)
-    aucs = class_aucs(pm, models, config, ensembler.combine_probabilities) if config.csvpath else None
-    order = [c for m in models for c in m.labels if c]
+    aucs = class_aucs(chain, config) if config.csvpath else None
+    order = [label for m in chain.models for label in m.valid_labels]
     summary = summarize(records, aucs, order)
     summary["images"] = {"with_boxes": len(by_image), "found": len(paths), "missing": len(by_image) - len(paths),
                          "unreadable": unreadable}
-    summary["models"] = [{"name": m.name, "weights": m.variant, "cam_layer": "+".join(settings.layers_for(m.model)),
-                          "input_size": m.input_size} for m in models]
-    result = EvalResult(summary, records, config, models=list(models), settings=settings)
+    plans = {m.ref.key: chain.plan(m) for m in chain.models}
+    summary["models"] = [{"name": m.ref.key, "weights": m.classifier.variant, "backend": m.classifier.backend,
+                          "cam_method": plans[m.ref.key].label, "cam_layer": "+".join(plans[m.ref.key].layers),
+                          "aug_smooth": plans[m.ref.key].aug_smooth, "input_size": m.classifier.input_size}
+                         for m in chain.models]
+    summary["settings"] = chain.settings.as_dict()
+    result = EvalResult(summary, records, config, chain.settings, paths=paths)
     if config.output:
         from xcam.evaluation.report import write_report
 
-        result.files = write_report(result, models, settings)
+        result.files = write_report(result)
     return result
 
 
 def config_dict(config: EvalConfig) -> dict[str, Any]:
     d = asdict(config)
+    d["overrides"] = {k: v for k, v in (d.get("overrides") or {}).items() if v is not None} if d.get("overrides") else {}
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in d.items()}

@@ -1,13 +1,15 @@
-"""Export an :class:`~xcam.core.model.XCamModel` to ONNX, with metadata, a parity report and a cache.
+"""Export an :class:`~xcam.core.model.XCamModel` to ONNX, with metadata and a cache.
 
 The graph takes ``input [batch, 1, S, S]`` (already preprocessed; resizing stays outside) and
 returns ``logits``, ``probabilities`` (sigmoid, then xrv's op_norm when the weights carry
 thresholds; NaN thresholds give 0.5) and, for GAP → linear heads, ``cams [batch, C, h, w]``: the
-exact Grad-CAM of every class (see :mod:`xcam.export.fast_cam`), ReLU'd but **not normalized**
+exact Grad-CAM of every class (see :mod:`xcam.core.cam_math`), ReLU'd but **not normalized**
 (normalization is done in numpy by the runtime, so the graph stays a plain einsum).
 
 Exports are cached under ``$XCAM_HOME/onnx`` (``~/.xcam/onnx``) by model, variant, weights
-sha256, opset and export format, so a second ``--backend onnx`` run reuses the file.
+sha256, opset and export format, so a second ``--backend onnx`` run reuses the file. Parity
+against PyTorch (which runs the file on ONNX Runtime) is :mod:`xcam.export.parity`; this module
+never imports the runtime.
 """
 
 from __future__ import annotations
@@ -219,52 +221,6 @@ def strip_cams(path: str | Path, out_path: str | Path | None = None) -> Path:
     onnx.save(sub, tmp)
     os.replace(tmp, out)
     return out
-
-
-def torch_reference(model: XCamModel, batch: np.ndarray) -> dict[str, np.ndarray]:
-    """PyTorch outputs for ``batch`` in the export's layout (cams raw, at feature resolution)."""
-    import torch
-
-    from xcam.core.cam_math import fast_gradcam_torch
-
-    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-    with torch.inference_mode():
-        logits = model(x)
-        out = {"logits": logits.numpy(), "probabilities": model.calibrate(logits).numpy()}
-    if model.gap_linear_head() is not None:
-        out["cams"] = fast_gradcam_torch(model, x, normalize=False).numpy()
-    return out
-
-
-def parity_report(model: XCamModel, path: str | Path, batch: np.ndarray, source: str = "") -> dict[str, Any]:
-    """Max |Δ| of logits, probabilities and normalized CAMs, ONNX Runtime (CPU) vs PyTorch."""
-    from xcam.core.cam_math import normalize_cams
-    from xcam.export.runtime import OnnxClassifier
-
-    clf = OnnxClassifier.from_path(path, device="cpu")
-    got = clf.run(batch)
-    ref = torch_reference(model, batch)
-    report: dict[str, Any] = {"images": len(batch), "source": source}
-    for name in ("logits", "probabilities"):
-        report[f"max_abs_{name}"] = float(np.abs(got[name] - ref[name]).max())
-    report["max_rel_logits"] = float((np.abs(got["logits"] - ref["logits"]) / np.maximum(1.0, np.abs(ref["logits"]))).max())
-    if "cams" in got and "cams" in ref:
-        report["max_abs_cams"] = float(np.abs(normalize_cams(got["cams"]) - normalize_cams(ref["cams"])).max())
-    return report
-
-
-def onnx_parity(model: XCamModel, x: Any, exporter: str = "auto") -> float:
-    """Export ``model`` to a temporary file and return the largest difference to PyTorch on
-    ``x``: max over probabilities |Δ| and logits |Δ| / max(1, |logit|) (used by ``xcam.testing``)."""
-    from xcam.export.runtime import OnnxClassifier
-
-    batch = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32)
-    with tempfile.TemporaryDirectory(prefix="xcam-parity-") as tmp:
-        artifact = export_model(model, Path(tmp) / "model.onnx", exporter=exporter)
-        got = OnnxClassifier.from_path(artifact.path, device="cpu").run(batch, ["logits", "probabilities"])
-    ref = torch_reference(model, batch)
-    rel = np.abs(got["logits"] - ref["logits"]) / np.maximum(1.0, np.abs(ref["logits"]))
-    return float(max(np.abs(got["probabilities"] - ref["probabilities"]).max(), rel.max()))
 
 
 def _weights_digest(variant: WeightVariant, store: WeightsStore) -> str:

@@ -13,14 +13,11 @@ import torch
 import torchvision
 from torch import nn
 
+from xcam.core.labels import NIH_LABELS
 from xcam.core.model import XCamModel
 
 ARCHS = ("mobilenet_v3_large", "mobilenet_v3_small")
 HEADS = ("mlp", "lse")
-NIH_LABELS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
 
 
 class LSEPool(nn.Module):

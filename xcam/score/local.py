@@ -1,8 +1,9 @@
 """The single-machine streaming engine.
 
 A pool (threads by default: OpenCV and NumPy release the GIL while decoding and resizing)
-decodes and preprocesses ahead of the model through a bounded, order-keeping queue of futures;
-the calling thread runs inference batch by batch and writes each batch durably before the next.
+decodes and preprocesses ahead of the model (:func:`xcam.chain.engine.prepare`) through a
+bounded, order-keeping queue of futures; the calling thread runs the chain batch by batch
+(:meth:`xcam.score.scorer.Scorer.score`) and writes each batch durably before the next.
 At most ``max_inflight`` inputs are held at once, however many inputs stream in.
 """
 
@@ -14,8 +15,9 @@ import multiprocessing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
+from xcam.chain.engine import Prepared, prepare
 from xcam.score.schema import OK, Row
-from xcam.score.scorer import Prepared, Shape, prepare
+from xcam.score.scorer import Shape
 
 if TYPE_CHECKING:  # pragma: no cover
     from xcam.score.scorer import Scorer

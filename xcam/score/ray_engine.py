@@ -1,5 +1,5 @@
-"""The Ray Data engine: the same :func:`~xcam.score.scorer.prepare` and
-:class:`~xcam.score.scorer.Scorer`, run as a streaming Ray Data pipeline.
+"""The Ray Data engine: the same :func:`~xcam.chain.engine.prepare` and
+:class:`~xcam.score.scorer.Scorer` (one chain per actor), run as a streaming Ray Data pipeline.
 
 The driver streams the pending paths (already filtered by the resume rule) in windows of
 ``window`` paths; each window is a dataset ``from_items → map_batches(prepare) →
@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from xcam.chain.engine import Prepared, prepare
 from xcam.core.errors import XcamError
 from xcam.score.local import EngineStats
 from xcam.score.schema import OK, Row
-from xcam.score.scorer import Prepared, ScoreOptions, Scorer, Shape, prepare
+from xcam.score.scorer import ScoreOptions, Scorer, Shape
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -68,17 +69,38 @@ def prepare_batch(batch: dict[str, np.ndarray], shapes: Sequence[Shape], base: s
     out: dict[str, np.ndarray] = {
         "path": np.array(paths, dtype=object),
         "error": np.array([i.error or "" for i in items], dtype=object),
+        "width": np.array([i.width for i in items], dtype=np.int64),
+        "height": np.array([i.height for i in items], dtype=np.int64),
     }
-    for name in ("width", "height", "pad_x", "pad_y"):
-        out[name] = np.array([getattr(i, name) for i in items], dtype=np.int64)
+    for name in ("pad_x", "pad_y"):  # the padding (original pixels) rebuilds the geometry on the actor
+        out[name] = np.array([getattr(i.geometry, name) if i.geometry is not None else 0 for i in items],
+                             dtype=np.int64)
     for k, (size, kind) in enumerate(shapes):
         zeros = np.zeros((1, size, size), dtype=np.float32)
         out[f"x{k}"] = np.stack([i.inputs.get((size, kind), zeros) for i in items])
     return out
 
 
+def unpack_batch(batch: dict[str, np.ndarray], shapes: Sequence[Shape]) -> list[Prepared]:
+    """The inverse of :func:`prepare_batch`: chain inputs (geometry included) from the columns."""
+    from xcam.core.preprocess import Geometry
+
+    items = []
+    for j, path in enumerate(batch["path"]):
+        error = str(batch["error"][j]) or None
+        width, height = int(batch["width"][j]), int(batch["height"][j])
+        if error:
+            items.append(Prepared(str(path), error=error))
+            continue
+        inputs = {shape: np.asarray(batch[f"x{k}"][j], dtype=np.float32) for k, shape in enumerate(shapes)}
+        geometry = Geometry(width, height, int(shapes[-1][0]), int(batch["pad_x"][j]), int(batch["pad_y"][j]))
+        items.append(Prepared(str(path), width, height, inputs=inputs, geometry=geometry))
+    return items
+
+
 class ScoreActor:
-    """Ray stage 2: one :class:`Scorer` (model session) per actor, a batch of rows per call."""
+    """Ray stage 2: one :class:`Scorer` (its chain: the models loaded once) per actor, a batch of
+    rows per call."""
 
     def __init__(self, options: ScoreOptions) -> None:
         self.scorer = Scorer(options)
@@ -88,13 +110,7 @@ class ScoreActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> "pa.Table":
         import pyarrow as pa
 
-        items = []
-        for j, path in enumerate(batch["path"]):
-            error = str(batch["error"][j]) or None
-            inputs = {} if error else {shape: batch[f"x{k}"][j] for k, shape in enumerate(self.shapes)}
-            items.append(Prepared(str(path), error, int(batch["width"][j]), int(batch["height"][j]),
-                                  int(batch["pad_x"][j]), int(batch["pad_y"][j]), inputs))
-        rows = self.scorer.score(items)
+        rows = self.scorer.score(unpack_batch(batch, self.shapes))
         return pa.Table.from_pylist(rows, schema=self.arrow)
 
 

@@ -1,61 +1,52 @@
-"""The scoring function shared by the local and the Ray engine.
+"""The scoring function shared by the local and the Ray engine: the chain, turned into rows.
 
-:func:`prepare` decodes and preprocesses one path (any failure → an error message, never an
-exception); :class:`Scorer` loads the models once and turns a batch of prepared inputs into
-output rows (:mod:`xcam.score.schema`). Both engines call exactly these two, so they write the
-same rows.
+Decoding is :func:`xcam.chain.engine.prepare` (any failure → ``.error``, never an exception);
+:class:`Scorer` builds one :class:`xcam.chain.engine.Chain` (the models, loaded once per process;
+settings from ``--profile`` with the command line's explicit options over it) and turns its
+:class:`~xcam.chain.results.ImageResult` objects into output rows (:mod:`xcam.score.schema`).
+Both engines call exactly these two, so they write the same rows, and the boxes are those of
+``xcam analyze`` for the same model and settings.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
-from xcam.core.errors import ImageLoadError, UsageError, XcamError
-from xcam.score.schema import BOXES, CAMS, ModelColumns, Row, Schema, one_line, union_labels
+from xcam.chain.engine import Prepared, prepare
+from xcam.chain.models import ModelRef
+from xcam.core.errors import UsageError
+from xcam.score.schema import BOXES, CAMS, ENSEMBLE, ModelColumns, Row, Schema, union_labels
 
 if TYPE_CHECKING:  # pragma: no cover
-    from xcam.core.inference import Classifier
+    from xcam.chain.engine import Chain
+    from xcam.chain.results import Consolidation, Finding, ImageResult
+    from xcam.chain.settings import ChainSettings, ClassChoice
     from xcam.core.manager import XcamPluginManager
 
 Shape = tuple[int, str]  # (input size, preprocessing kind)
+CAM_CLASSES = ("positive", "all")
+
+__all__ = ["ScoreOptions", "Scorer", "Prepared", "prepare", "parse_models", "resolve_backend", "runtime_available",
+           "default_workers", "Shape"]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One ``--models`` entry: ``name`` or ``name:variant``; ``prefix`` names its columns."""
+def parse_models(text: str | None, default: str) -> tuple[ModelRef, ...]:
+    """``"densenet121,mobilenetv3:runs/best.pt"`` → refs (:func:`xcam.chain.models.parse_models`);
+    a name used twice gets the prefix ``name@variant``."""
+    from xcam.chain.models import parse_models as chain_parse
 
-    name: str
-    variant: str | None = None
-    prefix: str = ""
-
-
-def parse_models(text: str | None, default: str) -> tuple[ModelSpec, ...]:
-    """``"densenet121,mobilenetv3:runs/best.pt"`` → specs; a name used twice gets ``name@variant``."""
-    entries = [e.strip() for e in (text or default).split(",") if e.strip()]
-    if not entries:
+    if not [e for e in (text or default or "").split(",") if e.strip()]:
         raise UsageError("--models: give at least one classifier name")
-    parsed = []
-    for entry in entries:
-        name, _, variant = entry.partition(":")
-        parsed.append((name.strip(), variant.strip() or None))
-    if len(set(parsed)) != len(parsed):
-        raise UsageError(f"--models: a model is listed twice ({text})")
-    names = [n for n, _ in parsed]
-    return tuple(
-        ModelSpec(n, v, n if names.count(n) == 1 else f"{n}@{v or 'default'}") for n, v in parsed
-    )
+    return chain_parse(text, default)
 
 
 @dataclass(frozen=True)
 class ScoreOptions:
     """Everything a worker needs to rebuild the scorer (picklable: sent to Ray actors)."""
 
-    models: tuple[ModelSpec, ...]
+    models: tuple[ModelRef, ...]
     backend: str = "torch"
     device: str = "cpu"
     random_weights: bool = False
@@ -63,64 +54,39 @@ class ScoreOptions:
     weights_dir: str | None = None
     accept_changed_weights: bool = False
     config_path: str | None = None
+    profile: str | None = None  # chain settings profile (None: plugins.toml's, else "default")
+    cam_method: str | None = None  # explicit overrides of the profile (None: keep the profile's)
+    mask: str | None = None
+    strategy: str | None = None
     ensembler: str | None = None
     threshold: float = 0.5
     with_cams: bool = False
     cam_classes: str = "positive"
     boxes: bool = False
-    cam_method: str | None = None
-    mask_extractor: str | None = None
-    bbox_strategy: str | None = None
     threads: int | None = None  # inference threads per model (None: the backend's default, all cores)
 
+    @property
+    def localizes(self) -> bool:
+        return self.with_cams or self.boxes
 
-@dataclass
-class Prepared:
-    """One decoded, preprocessed input (or the reason it could not be)."""
+    def class_choice(self) -> "ClassChoice":
+        """Which classes get a CAM: none without ``--with-cams``/``--boxes``; ``all`` → every
+        valid label; ``positive`` → probability ≥ ``threshold``. Never ground-truth classes."""
+        from xcam.chain.settings import ClassChoice
 
-    path: str
-    error: str | None = None
-    width: int = 0
-    height: int = 0
-    pad_x: int = 0
-    pad_y: int = 0
-    inputs: dict[Shape, np.ndarray] = field(default_factory=dict)  # each [1, S, S] float32
+        if not self.localizes:
+            return ClassChoice.none()
+        if self.cam_classes == "all":
+            return ClassChoice(all_classes=True, ground_truth=False)
+        if self.cam_classes != "positive":
+            raise UsageError(f"--cam-classes {self.cam_classes}: use one of {', '.join(CAM_CLASSES)}")
+        return ClassChoice(threshold=self.threshold, ground_truth=False)
 
+    def load_options(self) -> Any:  # -> LoadOptions
+        from xcam.chain.models import LoadOptions
 
-def prepare(path: str, shapes: Sequence[Shape]) -> Prepared:
-    """Decode ``path`` and preprocess it for every model input shape; errors become ``.error``."""
-    from xcam.core.imageio import load_image
-    from xcam.core.preprocess import preprocess
-
-    try:
-        image = load_image(path)
-        item = Prepared(path, width=image.width, height=image.height)
-        for size, kind in shapes:
-            array, geometry = preprocess(image, size, kind)
-            item.inputs[(size, kind)] = array
-            item.pad_x, item.pad_y = geometry.pad_x, geometry.pad_y
-        return item
-    except ImageLoadError as exc:
-        return Prepared(path, error=one_line(exc.problem))
-    except XcamError as exc:
-        return Prepared(path, error=one_line(str(exc)))
-    except MemoryError:
-        return Prepared(path, error="out of memory while decoding")
-    except Exception as exc:  # a bad file must never stop the job
-        return Prepared(path, error=one_line(f"{type(exc).__name__}: {exc}"))
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """Random-init models get the same weights in every process (resume, Ray actors)."""
-    if seed is None:
-        yield
-        return
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
+        return LoadOptions(backend=resolve_backend(self.backend), device=self.device, random_init=self.random_weights,
+                           seed=self.seed, threads=self.threads)
 
 
 def runtime_available() -> bool:
@@ -149,30 +115,24 @@ def plugin_manager_for(options: ScoreOptions) -> "XcamPluginManager":
     return get_plugin_manager(load_config(options.config_path))
 
 
-def _with_threads(clf: "Classifier", threads: int, device: str) -> "Classifier":
-    """An ONNX Runtime classifier reopened with ``threads`` intra-op threads (its sessions use
-    every core by default: several Ray actors on one node would oversubscribe it)."""
-    reopen = getattr(type(clf), "from_path", None)
-    path = getattr(clf, "path", None)
-    if reopen is None or path is None:
-        return clf  # PyTorch: torch.set_num_threads already applies
-    return reopen(path, device=device, kind=getattr(clf, "kind", None), threads=threads)
+def chain_settings(pm: "XcamPluginManager", options: ScoreOptions) -> "ChainSettings":
+    """The profile's settings with the command line's explicit options over it (unknown plugin
+    names fail here, before any model loads)."""
+    from xcam.chain.settings import Overrides, resolve_settings
+
+    return resolve_settings(pm, options.profile, Overrides(method=options.cam_method, mask=options.mask,
+                                                           strategy=options.strategy, ensembler=options.ensembler))
 
 
-@dataclass
-class LoadedModel:
-    spec: ModelSpec
-    clf: "Classifier"
-    shape: Shape
-    labels: tuple[str, ...]  # valid labels, in output order
-    cam_clf: Any = None  # the PyTorch classifier CAM methods run on (ONNX fast paths aside)
+def _r(value: float, digits: int = 2) -> float:
+    return round(float(value), digits)
 
 
 class Scorer:
-    """Models loaded once; :meth:`score` turns prepared inputs into rows."""
+    """One :class:`~xcam.chain.engine.Chain`; :meth:`score` turns prepared inputs into rows."""
 
     def __init__(self, options: ScoreOptions, pm: "XcamPluginManager | None" = None) -> None:
-        from xcam.core.inference import load_classifier
+        from xcam.chain.engine import build_chain
         from xcam.core.weights import WeightsStore
 
         self.options = options
@@ -181,79 +141,68 @@ class Scorer:
             import torch
 
             torch.set_num_threads(int(options.threads))
-        self.backend = resolve_backend(options.backend)
+        self.settings = chain_settings(self.pm, options)
         store = WeightsStore.from_env(options.weights_dir, accept_changed=options.accept_changed_weights)
-        seed = options.seed if options.random_weights else None
-        self.models: list[LoadedModel] = []
-        for spec in options.models:
-            with _seeded(seed):
-                clf = load_classifier(self.pm, spec.name, spec.variant, backend=self.backend, device=options.device,
-                                      store=store, random_init=options.random_weights)
-            if options.threads:
-                clf = _with_threads(clf, int(options.threads), options.device)
-            labels = tuple(clf.labels[i] for i in clf.valid_indices)
-            model = LoadedModel(spec, clf, (int(clf.input_size), str(clf.preprocessing)), labels)
-            if options.with_cams or options.boxes:
-                model.cam_clf = clf
-                if getattr(clf, "model", None) is None:  # ONNX backend: CAM methods need the torch model
-                    with _seeded(seed):
-                        model.cam_clf = load_classifier(self.pm, spec.name, spec.variant, backend="torch",
-                                                        device=options.device, store=store,
-                                                        random_init=options.random_weights)
-            self.models.append(model)
-        self.ensembler = self.pm.ensembler(options.ensembler) if len(self.models) > 1 else None
+        self.chain: Chain = build_chain(self.pm, options.models, self.settings, options.class_choice(),
+                                        load=options.load_options(), store=store)
+        self.models = self.chain.models
         extra = (BOXES,) if options.boxes else (CAMS,) if options.with_cams else ()
+        labels = [tuple(m.valid_labels) for m in self.models]
         self.schema = Schema(
-            models=tuple(ModelColumns(m.spec.prefix, m.labels) for m in self.models),
-            ensemble_labels=union_labels(m.labels for m in self.models) if self.ensembler else (),
+            models=tuple(ModelColumns(m.ref.key, ls) for m, ls in zip(self.models, labels)),
+            ensemble_labels=union_labels(labels) if len(self.models) > 1 else (),
             extra=extra,
         )
-        self.localizer = None
-        if options.with_cams or options.boxes:
-            from xcam.score.localize import Localizer
-
-            self.localizer = Localizer(self.pm, options)
 
     @property
     def shapes(self) -> tuple[Shape, ...]:
         """The distinct model input shapes: each input is preprocessed once per shape."""
-        return tuple(dict.fromkeys(m.shape for m in self.models))
+        return self.chain.shapes
 
     @property
     def backends(self) -> list[str]:
-        return [m.clf.backend for m in self.models]
+        return self.chain.backends
 
     def score(self, items: Sequence[Prepared]) -> list[Row]:
-        """Rows for ``items``, in order (error rows for items that failed to prepare)."""
-        ok = [i for i, item in enumerate(items) if item.error is None]
-        per_model: list[list[dict[str, float]]] = []  # [model][k] → {label: probability}
-        cams: list[list[Any]] = []  # [model][k] → {class index: CAM}
-        for model in self.models:
-            if not ok:
-                per_model.append([])
-                continue
-            batch = np.stack([items[i].inputs[model.shape] for i in ok]).astype(np.float32, copy=False)
-            probs = np.asarray(model.clf.predict(batch), dtype=np.float32)
-            index = {label: i for i, label in zip(model.clf.valid_indices, model.labels)}
-            per_model.append([{label: float(p[j]) for label, j in index.items()} for p in probs])
-            if self.localizer is not None:
-                cams.append(self.localizer.cams(model, batch, probs))
+        """Rows for ``items``, in order. An item that failed to decode, or whose chain result
+        failed (the chain retries a failing batch image by image), becomes an error row."""
         rows: list[Row] = []
-        position = {i: k for k, i in enumerate(ok)}
-        for i, item in enumerate(items):
-            if item.error is not None:
-                rows.append(self.schema.error_row(item.path, item.error))
-                continue
-            k = position[i]
-            probs_k = [model_probs[k] for model_probs in per_model]
-            ensemble = self.ensembler.combine_probabilities(probs_k) if self.ensembler else None
-            extra: dict[str, Any] = {}
-            if self.localizer is not None:
-                entries = self.localizer.entries(item, self.models, probs_k, [c[k] for c in cams],
-                                                 self.ensembler, ensemble)
-                extra = {name: entries for name in self.schema.extra}
-            rows.append(self.schema.ok_row(item.path, probs_k, ensemble, extra))
+        for item, result in zip(items, self.chain.run(items)):
+            rows.append(self.row(item.path, result))
         return rows
+
+    def row(self, path: str, result: "ImageResult") -> Row:
+        """The output row of one chain result (``path``: the input as enumerated, the resume key)."""
+        if result.error is not None:
+            return self.schema.error_row(path, result.error)
+        extra: dict[str, Any] = {}
+        if self.schema.extra:
+            entries = self.entries(result)
+            extra = {name: entries for name in self.schema.extra}
+        return self.schema.ok_row(path, [r.predictions for r in result.results], result.combined_predictions, extra)
+
+    def entries(self, result: "ImageResult") -> list[dict[str, Any]]:
+        """Boxes (or CAM peaks) of one image in original pixels: per model, then the ensemble's
+        (a pathology that two or more models explained, their CAMs combined by the ensembler)."""
+        out: list[dict[str, Any]] = []
+        for r in result.results:
+            for f in r.findings:
+                out += self._describe(r.model, f)
+        for c in result.consolidated:
+            out += self._describe(ENSEMBLE, c)
+        return out
+
+    def _describe(self, model: str, item: "Finding | Consolidation") -> list[dict[str, Any]]:
+        prob = item.probability
+        base = {"model": model, "label": item.pathology, "probability": None if prob is None else _r(prob, 4)}
+        if not self.options.boxes:
+            peak = item.peak
+            value = float(item.cam.max()) if item.cam.size else 0.0
+            if peak is None:  # a flat CAM has no peak
+                return [dict(base, peak_x=None, peak_y=None, peak=_r(value, 4))]
+            return [dict(base, peak_x=int(peak[0]), peak_y=int(peak[1]), peak=_r(value, 4))]
+        return [dict(base, x=_r(b.x), y=_r(b.y), width=_r(b.width), height=_r(b.height), score=_r(b.score, 4))
+                for b in item.boxes]
 
 
 def default_workers() -> int:

@@ -21,25 +21,8 @@ import numpy as np
 
 from xcam.core.errors import UsageError
 
-NIH_LABELS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
-LABEL_ALIASES: dict[str, str] = {"Infiltrate": "Infiltration", "Pleural Thickening": "Pleural_Thickening"}
-NO_FINDING = "No Finding"
-
-
-def canonical_label(label: str) -> str:
-    """NIH spellings → one name (``Infiltrate`` in box lists is ``Infiltration`` in Data_Entry)."""
-    label = str(label).strip()
-    return LABEL_ALIASES.get(label, label)
-
-
-def split_findings(text: object) -> list[str]:
-    """``"Mass|Nodule"`` → ``["Mass", "Nodule"]``; ``No Finding`` and blanks → ``[]``."""
-    if not isinstance(text, str):
-        return []
-    return [canonical_label(t) for t in text.split("|") if t.strip() and t.strip() != NO_FINDING]
+from xcam.core.labels import NIH_LABELS, canonical_label, split_findings  # noqa: F401 (split_findings re-exported)
+from xcam.core.nih import image_index
 
 
 @dataclass
@@ -62,18 +45,6 @@ class LabelTable:
             [self.paths[i] for i in idx], [self.names[i] for i in idx], self.labels,
             self.targets[idx], self.patients[idx], 0,
         )
-
-
-def _image_index(imgpath: Path, names: Sequence[str]) -> dict[str, Path]:
-    """``name → path``: direct children first, else a recursive search (NIH's ``images_0xx/images``)."""
-    found = {n: imgpath / n for n in names if (imgpath / n).is_file()}
-    if len(found) < len(names):
-        wanted = set(names) - set(found)
-        for root, _, files in os.walk(imgpath):
-            for f in files:
-                if f in wanted and f not in found:
-                    found[f] = Path(root) / f
-    return found
 
 
 def read_label_table(
@@ -111,7 +82,7 @@ def read_label_table(
     if unknown:
         raise UsageError(f"{csvpath}: no image has label(s) {', '.join(unknown)}; present: {', '.join(sorted(present))}")
     names = [str(n) for n in df["Image Index"]]
-    index = _image_index(imgpath, names)
+    index = image_index(imgpath, names)
     keep = [i for i, n in enumerate(names) if n in index]
     if not keep:
         raise UsageError(f"{imgpath}: none of the {len(names)} images listed in {csvpath.name} was found")
@@ -185,9 +156,9 @@ class XrayDataset:
         """Decode every image now (fills the cache; a no-op without one)."""
         if self._cache is None:
             return
-        from tqdm.auto import tqdm
+        from xcam.core.progress import track
 
-        for i in tqdm(range(len(self)), desc=desc, disable=not progress, leave=False):
+        for i in track(range(len(self)), desc=desc, enabled=progress, unit="image"):
             self.image(i)
 
 

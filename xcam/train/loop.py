@@ -270,7 +270,8 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict[str, Any]], Non
 def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, val_set: XrayDataset, out: Path,
          cache: bool, on_epoch_end, log) -> TrainResult:
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+
+    from xcam.core.progress import progress_bar
 
     labels = table.labels
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
@@ -315,8 +316,8 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
         )
         model.train()
         total, seen, ys, ps = 0.0, 0, [], []
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, leave=False)
-        for x, y in bar:
+        bar = progress_bar(len(loader), f"epoch {epoch}/{config.epochs}", enabled=config.progress, unit="batch")
+        for x, y in loader:
             if config.augment:
                 x = augment_batch(x, aug)
             logits = model(x)
@@ -330,6 +331,8 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
             ys.append(y.numpy())
             ps.append(torch.sigmoid(logits.detach()).numpy())
             bar.set_postfix(loss=f"{total / seen:.4f}")
+            bar.update(1)
+        bar.close()
         train_auc, _ = auc_scores(np.concatenate(ys), np.concatenate(ps), labels)
         val_loss, vy, vp = evaluate_loader(model, val_loader, loss_fn)
         val_auc, per_class = auc_scores(vy, vp, labels)

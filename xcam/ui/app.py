@@ -1,12 +1,14 @@
 """The xcam web UI (a Streamlit script, started by ``xcam ui``).
 
 Sidebar: the image (upload, or pick from ``--images-dir``), the models and their weights (from the
-plugin registry, so third-party classifiers appear on their own), the CAM method, mask extractor,
-box strategy and consolidation method, and a ground-truth box. Main area: each model's sorted
-predictions with the threshold, P0 overlays side by side with an opacity slider, each model's mask
-and box, the consolidated box, metrics against the ground truth, and downloads of what is shown.
-Every problem is shown as one ``st.error`` line; the JSON of the page is kept in
-``st.session_state["xcam_document"]`` (tests read it).
+plugin registry, so third-party classifiers appear on their own), the settings profile and, over
+it, the CAM method, mask extractor, box strategy and consolidation method, and a ground-truth box.
+Main area: each model's sorted predictions with the threshold, P0 overlays side by side with an
+opacity slider, each model's mask and box, the consolidated box, metrics against the ground truth,
+and downloads of what is shown. Everything is computed by :mod:`xcam.chain` (through
+:mod:`xcam.ui.engine`), so the boxes are those ``xcam analyze`` gives for the same settings; maps
+are shown at the image's full resolution. Every problem is shown as one ``st.error`` line; the
+JSON of the page is kept in ``st.session_state["xcam_document"]`` (tests read it).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from xcam.core.imageio import XrayImage
+    from xcam.chain.engine import Chain
+    from xcam.chain.results import ImageResult
+    from xcam.chain.settings import ChainSettings
     from xcam.core.manager import XcamPluginManager
-    from xcam.core.pipeline import ImageAnalysis, Pipeline
 
 LOG = logging.getLogger("xcam.ui")
 UPLOAD = "Upload a file"
@@ -113,26 +117,62 @@ def choose_models(pm: "XcamPluginManager", s: UiSettings) -> list[tuple[str, sta
     return selection
 
 
-def choose_options(pm: "XcamPluginManager") -> dict[str, Any]:
-    """Threshold and the plugins for CAMs, masks, boxes and consolidation (from the registry)."""
+PROFILE_CHOICE = ""
+"""The selectors' first entry: keep the profile's plugin (as an option left out on the command line)."""
+
+
+def method_summary(base: "ChainSettings") -> str:
+    """The profile's CAM methods: ``layercam`` or ``gradcam; mobilenetv3: layercam + aug_smooth``."""
+
+    def one(cam: Any) -> str:
+        return cam.method + (" + aug_smooth" if cam.aug_smooth else "")
+
+    own = [f"{clf}: {one(cam)}" for clf, cam in sorted(base.per_classifier.items()) if one(cam) != one(base.cam)]
+    return "; ".join([one(base.cam), *own])
+
+
+def choose_options(pm: "XcamPluginManager", s: UiSettings) -> dict[str, Any] | None:
+    """Threshold, the settings profile and the plugins over it for CAMs, masks, boxes and
+    consolidation (from the registry); ``None`` when the profile is broken (error shown)."""
+    from xcam.chain.settings import DEFAULT_PROFILE, available_profiles, profile_settings
+
     st.header("Explanation")
+    threshold = st.slider("Positive threshold", 0.0, 1.0, 0.5, 0.05, key="threshold")
+    profiles = sorted(available_profiles(pm.config))
+    default = s.profile or pm.config.defaults.get("profile") or DEFAULT_PROFILE
+    profile = st.selectbox("Settings profile", profiles, index=profiles.index(default) if default in profiles else 0,
+                           key="profile", help="Named settings (`xcam config`); the plugins below override them.")
+    try:
+        base = profile_settings(pm.config, profile)
+    except XcamError as exc:
+        st.error(f"Profile {profile}: {exc}")
+        return None
+    if base.description:
+        st.caption(base.description)
 
-    def select(label: str, table: dict[str, Any], kind: str) -> str:
-        names = sorted(table)
-        default = pm.config.defaults.get(kind)
-        index = names.index(default) if default in names else 0
-        return st.selectbox(label, names, index=index, key=kind,
-                            format_func=lambda n: f"{n}: {table[n].description}" if table[n].description else n)
+    def select(label: str, table: dict[str, Any], key: str, current: str) -> str | None:
+        names = [PROFILE_CHOICE, *sorted(table)]
 
-    return {
-        "threshold": st.slider("Positive threshold", 0.0, 1.0, 0.5, 0.05, key="threshold"),
-        "options": engine.Options(
-            method=select("CAM method", pm.cam_methods(), "cam_method"),
-            mask=select("Mask extractor", pm.mask_extractors(), "mask_extractor"),
-            strategy=select("Box strategy", pm.bbox_strategies(), "bbox_strategy"),
-            ensembler=select("Consolidation (ensembler)", pm.ensemblers(), "ensembler"),
-        ),
-    }
+        def describe(n: str) -> str:
+            if n == PROFILE_CHOICE:
+                return f"as the profile: {current}"
+            return f"{n}: {table[n].description}" if table[n].description else n
+
+        return st.selectbox(label, names, index=0, key=key, format_func=describe) or None
+
+    options = engine.Options(
+        profile=profile,
+        method=select("CAM method", pm.cam_methods(), "cam_method", method_summary(base)),
+        mask=select("Mask extractor", pm.mask_extractors(), "mask_extractor", base.mask),
+        strategy=select("Box strategy", pm.bbox_strategies(), "bbox_strategy", base.strategy),
+        ensembler=select("Consolidation (ensembler)", pm.ensemblers(), "ensembler", base.ensembler),
+    )
+    try:
+        settings = options.settings(pm)
+    except XcamError as exc:
+        st.error(f"Settings: {exc}")
+        return None
+    return {"threshold": threshold, "options": options, "settings": settings}
 
 
 def ground_truth_inputs() -> tuple[str, Any]:
@@ -152,7 +192,7 @@ def load_models(s: UiSettings, selection: list[tuple[str, state.VariantChoice]],
         what = "random weights" if s.random_weights else choice.value
         with st.spinner(f"Loading {name} ({what}) …"):
             try:
-                state.classifier(state.config_key(s), name, choice.value,
+                state.load_model(state.config_key(s), name, choice.value,
                                  str(s.weights_dir) if s.weights_dir else None, s.random_weights, device)
             except XcamError as exc:
                 st.error(f"{name}: {exc}")
@@ -161,7 +201,7 @@ def load_models(s: UiSettings, selection: list[tuple[str, state.VariantChoice]],
     return loaded
 
 
-def show_predictions(analysis: "ImageAnalysis", threshold: float) -> None:
+def show_predictions(analysis: "ImageResult", threshold: float) -> None:
     st.subheader("Predictions")
     charts = [(f"**{r.model}** · `{r.weights}` · {r.backend}", r.predictions) for r in analysis.results]
     if analysis.combined_predictions:
@@ -197,50 +237,41 @@ def resolve_ground_truth(text: str, file: Any, image: "XrayImage", name: str, pa
     return gt
 
 
-def show_explanations(grey: "np.ndarray", analysis: "ImageAnalysis", gt: GroundTruth | None, alpha: float,
-                      files: dict[str, "np.ndarray"]) -> None:
-    """P0 overlays side by side, each model's mask and box below its overlay."""
-    from xcam.core import render
-    from xcam.core.pipeline import finding_prefix
+def show_explanations(grey: "np.ndarray", analysis: "ImageResult", alpha: float, files: dict[str, "np.ndarray"]) -> None:
+    """P0 overlays side by side, each model's mask and boxes below its overlay (full resolution)."""
+    from xcam.chain.outputs import finding_names, finding_prefix
 
     shown = [(r, r.findings[0]) for r in analysis.results if r.findings]
     for column, (r, f) in zip(st.columns(max(len(shown), MIN_COLUMNS)), shown):
-        prefix = finding_prefix(r.model, f.pathology)
-        overlay = render.overlay(grey, f.cam, alpha)
-        boxes = [(f.box, render.GREEN, "predicted")] + ([(gt.box, render.RED, "ground truth")] if gt else [])
-        drawn = render.draw_boxes(grey, boxes)
-        files.update({f"{prefix}_P0.png": overlay, f"{prefix}_P3.png": render.mask_png(f.mask),
-                      f"{prefix}_PBBox.png": drawn})
+        images = engine.finding_images(grey, analysis, r, f, alpha)
+        files.update(images)
+        names = finding_names(finding_prefix(r.model, f.pathology))
+        boxes = f"{len(f.boxes)} boxes" if len(f.boxes) != 1 else "1 box"
         with column:
             st.markdown(f"**{r.model}** · p = {f.probability:.3f}")
-            show(overlay, f"P0 overlay · {f.pathology} · {r.method}")
-            show(render.mask_png(f.mask), f"mask · {r.mask_extractor} · {int(f.mask.sum())} px")
-            show(drawn, f"box · {r.strategy}: predicted (green)" + (", ground truth (red)" if gt else ""))
+            show(images[names["P0"]], f"P0 overlay · {f.pathology} · {r.method}")
+            show(images[names["P3"]], f"mask · {r.mask_extractor} · {100 * float(f.mask.mean()):.1f}% of the image")
+            show(images[names["boxes"]], f"box · {r.strategy} · {boxes}")
 
 
-def show_consolidated(grey: "np.ndarray", analysis: "ImageAnalysis", gt: GroundTruth | None,
-                      files: dict[str, "np.ndarray"]) -> None:
-    from xcam.core import render
-    from xcam.core.pipeline import safe_name
+def show_consolidated(grey: "np.ndarray", analysis: "ImageResult", alpha: float, files: dict[str, "np.ndarray"]) -> None:
+    from xcam.chain.outputs import consolidated_names, consolidated_prefix
 
     c = analysis.consolidated[0]
-    boxes = [(f.box, render.PALETTE[i % len(render.PALETTE)], r.model)
-             for i, (r, f) in enumerate(analysis.findings)]
-    boxes.append((c.box, render.GREEN, "consolidated"))
-    if gt:
-        boxes.append((gt.box, render.RED, "ground truth"))
-    drawn = render.draw_boxes(grey, boxes)
-    prefix = f"{safe_name(c.pathology)}_consolidated"
-    files.update({f"{prefix}.png": render.mask_png(c.mask), f"{prefix}_bbox.png": drawn})
+    images = engine.consolidated_images(grey, analysis, c, alpha)
+    files.update(images)
+    names = consolidated_names(consolidated_prefix(c.pathology))
     st.subheader(f"Consolidated box ({c.ensembler} of {', '.join(c.models)})")
     columns = st.columns(MIN_COLUMNS)
     with columns[0]:
-        show(drawn, "each model's box, consolidated (green)" + (", ground truth (red)" if gt else ""))
+        show(images[names["boxes"]], "each model's box and the consolidated box")
     with columns[1]:
-        show(render.mask_png(c.mask), f"consolidated mask · {c.ensembler}")
+        show(images[names["P0"]], f"consolidated P0 overlay · {c.ensembler}")
+    with columns[2]:
+        show(images[names["P3"]], f"consolidated mask · {100 * float(c.mask.mean()):.1f}% of the image")
 
 
-def show_metrics(analysis: "ImageAnalysis") -> None:
+def show_metrics(analysis: "ImageResult") -> None:
     import pandas as pd
 
     rows = {r.model: f.metrics for r, f in analysis.findings if f.metrics}
@@ -250,9 +281,9 @@ def show_metrics(analysis: "ImageAnalysis") -> None:
         st.dataframe(pd.DataFrame(rows).T.round(4), width="stretch")
 
 
-def run_locked(pipeline: "Pipeline", image: "XrayImage") -> "ImageAnalysis":
+def run_locked(chain: "Chain", image: "XrayImage") -> "ImageResult":
     with state.model_lock():
-        return pipeline.analyze(image)
+        return engine.analyze(chain, image)
 
 
 def analyse(pm: "XcamPluginManager", s: UiSettings, picked: tuple["XrayImage", str, str],
@@ -268,15 +299,20 @@ def analyse(pm: "XcamPluginManager", s: UiSettings, picked: tuple["XrayImage", s
     if not specs:
         st.info("Select at least one model whose weights are available.")
         return
-    options: engine.Options = choices["options"]
+    settings: ChainSettings = choices["settings"]
     threshold = choices["threshold"]
     where = dict(store=state.store(str(s.weights_dir) if s.weights_dir else None), device=device,
                  random_init=s.random_weights)
     key = (digest, tuple(specs), s.random_weights, str(s.weights_dir), device)
-    with st.spinner("Classifying …"):
-        first = state.memo(("predict", *key, options.ensembler),
-                           lambda: run_locked(engine.pipeline(pm, specs, options, None, **where), image))
-    page = engine.document(first, name, threshold=threshold, random_weights=s.random_weights)
+    extra = dict(threshold=threshold, random_weights=s.random_weights, profile=settings.profile)
+    try:
+        with st.spinner("Classifying …"):  # probabilities only: the settings matter through the ensembler
+            first = state.memo(("predict", *key, settings.ensembler, settings.model_weights),
+                               lambda: run_locked(engine.build(pm, specs, settings, None, **where), image))
+    except XcamError as exc:
+        st.error(f"Classification failed: {exc}")
+        return
+    page = engine.document(first, name, settings, **extra)
     st.session_state["xcam_document"] = page
     show_predictions(first, threshold)
 
@@ -297,23 +333,26 @@ def analyse(pm: "XcamPluginManager", s: UiSettings, picked: tuple["XrayImage", s
         st.warning(f"The ground truth is a {gt.label} box; choose {gt.label} as the pathology to score against it.")
         gt = None
 
-    with st.spinner(f"{options.method}: {pathology} …"):
-        analysis = state.memo(("explain", *key, options, pathology),
-                              lambda: run_locked(engine.pipeline(pm, specs, options, pathology, **where), image))
+    try:
+        with st.spinner(f"{method_summary(settings)}: {pathology} …"):
+            analysis = state.memo(("explain", *key, engine.settings_key(settings), pathology),
+                                  lambda: run_locked(engine.build(pm, specs, settings, pathology, **where), image))
+    except XcamError as exc:
+        st.error(f"Explaining {pathology} failed: {exc}")
+        return
     for model in engine.missing_class(analysis, pathology):
         known = next(r.predictions for r in analysis.results if r.model == model)
         st.error(f"{model} does not predict {pathology!r}; its classes: {', '.join(known)}")
     analysis = engine.with_ground_truth(analysis, (gt.label, gt.box) if gt else None)
-    page = engine.document(analysis, name, threshold=threshold, random_weights=s.random_weights,
-                           pathology=pathology, opacity=alpha)
+    page = engine.document(analysis, name, settings, **extra, pathology=pathology, opacity=alpha)
     st.session_state["xcam_document"] = page
     if not analysis.findings:
         return
     grey = image.to_uint8()
     files: dict[str, np.ndarray] = {"_input_image_.png": grey}
-    show_explanations(grey, analysis, gt, alpha, files)
+    show_explanations(grey, analysis, alpha, files)
     if analysis.consolidated:
-        show_consolidated(grey, analysis, gt, files)
+        show_consolidated(grey, analysis, alpha, files)
     else:
         st.caption("Select two or more models that predict this pathology to see a consolidated box.")
     show_metrics(analysis)
@@ -349,10 +388,12 @@ def main() -> None:
             image, name, _ = picked
             st.image(image.to_uint8(), caption=f"{name} · {image.width}×{image.height}", width="stretch")
         selection = choose_models(pm, s)
-        choices = choose_options(pm)
+        choices = choose_options(pm, s)
         gt_input = ground_truth_inputs()
     if picked is None:
         st.info("Upload a chest X-ray or pick one from the folder in the sidebar.")
+        return
+    if choices is None:
         return
     analyse(pm, s, picked, selection, choices, gt_input)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from xcam.core.errors import UsageError
 from xcam.core.metrics import check_box_in_image, parse_ground_truth
-from xcam.core.pipeline import label_key  # NIH's Infiltrate = Infiltration, case/space-insensitive
+from xcam.core.labels import label_key  # NIH's Infiltrate = Infiltration, case/space-insensitive
 
 @dataclass(frozen=True)
 class GroundTruth:

@@ -12,6 +12,7 @@ objects: :meth:`UiSettings.to_env` writes the settings as ``XCAM_*`` variables a
 ``XCAM_UI_CHECKPOINTS``    extra checkpoints, ``model=path`` joined by ``os.pathsep``
 ``XCAM_UI_MODELS``         models selected when the page opens, comma-separated
 ``XCAM_UI_DEVICE``         ``cpu`` (default), ``cuda`` or ``auto``
+``XCAM_UI_PROFILE``        settings profile selected when the page opens (default: plugins.toml's)
 ``XCAM_CONFIG``            the ``plugins.toml`` to use (the global ``--config``)
 =========================  ==================================================================
 """
@@ -50,6 +51,7 @@ class UiSettings:
     models: tuple[str, ...] = ()
     device: str = "cpu"
     config: Path | None = None
+    profile: str | None = None
 
     @property
     def max_upload_bytes(self) -> int:
@@ -67,6 +69,7 @@ class UiSettings:
             "XCAM_UI_DEVICE": self.device,
             "XCAM_UI_CHECKPOINTS": os.pathsep.join(f"{m}={p}" for m, p in self.checkpoints),
             "XCAM_UI_MODELS": ",".join(self.models),
+            "XCAM_UI_PROFILE": self.profile or "",
         }
         if self.images_dir is not None:
             env["XCAM_UI_IMAGES_DIR"] = str(self.images_dir)
@@ -98,4 +101,5 @@ class UiSettings:
             models=models,
             device=(env.get("XCAM_UI_DEVICE") or "cpu").strip() or "cpu",
             config=path("XCAM_CONFIG"),
+            profile=(env.get("XCAM_UI_PROFILE") or "").strip() or None,
         )

@@ -1,7 +1,8 @@
 """Streamlit-side state: cached plugin manager and models, the session's temporary folder.
 
-Models are built once per process and weight choice (``st.cache_resource``), so every session
-and every rerun reuses them; the plugin manager is cached per config file.
+Models are built once per process and weight choice (by the chain's own cache,
+:mod:`xcam.chain.models`), so every session and every rerun reuses them; the plugin manager is
+cached per config file (``st.cache_resource``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from xcam.ui.settings import UiSettings
 from xcam.ui.uploads import SessionFolder
 
 if TYPE_CHECKING:  # pragma: no cover
-    from xcam.core.inference import Classifier
+    from xcam.chain.models import LoadedModel
     from xcam.core.manager import XcamPluginManager
     from xcam.core.types import ClassifierRegistration
     from xcam.core.weights import WeightsStore
@@ -34,15 +35,17 @@ def plugin_manager(config: str | None) -> "XcamPluginManager":
     return get_plugin_manager(load_config(config))
 
 
-@st.cache_resource(show_spinner=False, max_entries=12)
-def classifier(config: str | None, model: str, variant: str, weights_dir: str | None, random_init: bool,
-               device: str) -> "Classifier":
-    """A built classifier (PyTorch, as CAMs need), through the pipeline's process-wide model cache
-    so that :class:`~xcam.core.pipeline.Pipeline` finds the same object; raises :class:`XcamError`."""
-    from xcam.core.pipeline import get_classifier
+def load_model(config: str | None, model: str, variant: str, weights_dir: str | None, random_init: bool,
+               device: str) -> "LoadedModel":
+    """A built model (PyTorch, as CAM plugins need) from the chain's process-wide model cache
+    (:mod:`xcam.chain.models`), so the chain the page runs finds the same object; raises
+    :class:`XcamError` (a missing weight file names it)."""
+    from xcam.chain.models import load_models
+    from xcam.ui.engine import ModelSpec, load_options
 
-    return get_classifier(plugin_manager(config), model, variant, backend="torch", device=device,
-                          store=store(weights_dir), random_init=random_init)
+    (loaded,) = load_models(plugin_manager(config), [ModelSpec(model, variant).ref],
+                            load_options(device, random_init), store(weights_dir))
+    return loaded
 
 
 @st.cache_resource(show_spinner=False)
@@ -60,9 +63,15 @@ def store(weights_dir: str | None) -> "WeightsStore":
 
 def device(name: str) -> str:
     """``auto`` → ``cuda`` when available; a requested but missing CUDA device is an error."""
-    from xcam.commands._common import resolve_device
+    import torch
 
-    return resolve_device(name)
+    from xcam.core.errors import XcamError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise XcamError("--device cuda requested but no CUDA device is available")
+    return name
 
 
 def settings() -> UiSettings:
@@ -113,7 +122,7 @@ def variant_choices(registration: "ClassifierRegistration", s: UiSettings, prefe
     return choices
 
 
-MEMO_SIZE = 16  # full-resolution CAMs and masks: a few MB per model and pathology
+MEMO_SIZE = 16  # decoded images and results (CAMs and masks in the work grid: small)
 
 
 def memo(key: tuple, compute: Callable[[], T]) -> T:

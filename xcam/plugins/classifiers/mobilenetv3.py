@@ -10,15 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from xcam.core.errors import WeightsError
+from xcam.core.labels import NIH_LABELS
 from xcam.core.types import BuildRequest, ClassifierRegistration, WeightVariant
 
 if TYPE_CHECKING:  # pragma: no cover
     from xcam.core.model import XCamModel
 
-NIH_LABELS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
 
 
 def build(request: BuildRequest) -> "XCamModel":

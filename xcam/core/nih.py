@@ -1,19 +1,25 @@
-"""Ground truth in NIH's formats: ``BBox_List_2017.csv`` boxes and ``Data_Entry_2017.csv`` labels.
+"""NIH ChestX-ray14's file formats, read once for every command: the box list
+(``BBox_List_2017.csv``), the label table (``Data_Entry_2017.csv``) and the image index
+(file name → path under a folder such as NIH's ``images_0xx/images``).
 
 Box lists have the header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` (x, y, w, h floats in
-original pixels). NIH spells ``Infiltrate`` there and ``Infiltration`` in Data_Entry: labels go
-through :func:`xcam.train.data.canonical_label`, so both spellings meet.
+original pixels). Labels go through :func:`xcam.core.labels.canonical_label`, so the box list's
+``Infiltrate`` and the label table's ``Infiltration`` meet.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from xcam.core.errors import UsageError
-from xcam.train.data import canonical_label, split_findings
+from xcam.core.labels import canonical_label, split_findings
+
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,7 @@ class GroundTruthBox:
     raw_label: str = ""
 
     @property
-    def box(self) -> tuple[float, float, float, float]:
+    def box(self) -> Box:
         return (self.x, self.y, self.width, self.height)
 
 
@@ -62,6 +68,14 @@ def read_boxes(path: str | Path) -> list[GroundTruthBox]:
     return out
 
 
+def read_box_table(path: str | Path) -> dict[str, list[tuple[str, Box]]]:
+    """A box list grouped by image: ``{file name: [(label, (x, y, w, h)), ...]}``."""
+    out: dict[str, list[tuple[str, Box]]] = {}
+    for gt in read_boxes(path):
+        out.setdefault(gt.image, []).append((gt.label, gt.box))
+    return out
+
+
 def read_image_labels(path: str | Path) -> dict[str, set[str]]:
     """``{image name: {labels}}`` from a Data_Entry csv (``No Finding`` → empty set)."""
     import pandas as pd
@@ -69,7 +83,26 @@ def read_image_labels(path: str | Path) -> dict[str, set[str]]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: label csv not found")
-    df = pd.read_csv(path, index_col=False)
+    try:
+        df = pd.read_csv(path, index_col=False)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad file
+        raise UsageError(f"{path}: cannot read the label csv ({type(exc).__name__})") from None
     if "Image Index" not in df.columns or "Finding Labels" not in df.columns:
         raise UsageError(f"{path}: columns 'Image Index' and 'Finding Labels' expected (NIH Data_Entry_2017.csv)")
     return {str(n): set(split_findings(t)) for n, t in zip(df["Image Index"], df["Finding Labels"])}
+
+
+def image_index(folder: str | Path, names: Sequence[str]) -> dict[str, Path]:
+    """``name → path`` for the ``names`` found under ``folder``: direct children first, else a
+    recursive search (NIH ships ``images_0xx/images``)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"{root}: image folder not found")
+    found = {n: root / n for n in names if (root / n).is_file()}
+    if len(found) < len(names):
+        wanted = set(names) - set(found)
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                if f in wanted and f not in found:
+                    found[f] = Path(dirpath) / f
+    return found
