@@ -65,10 +65,13 @@ def test_cam_writes_the_established_files(capsys, tmp_path):
     folder = out / "scan"
     names = {p.name for p in folder.iterdir()}
     assert names == {
-        "_input_image_.png", "metadata.json", "mobilenetv3_Mass_cam.npy", "mobilenetv3_Mass_PBBox.json",
-        *(f"mobilenetv3_Mass_{k}.png" for k in ("P0", "P1", "P2", "P3", "PBBox")),
+        "_input_image_.png", "metadata.json", "analysis.json", "mobilenetv3_Mass_cam.npy",
+        "mobilenetv3_Mass_PBBox.json", *(f"mobilenetv3_Mass_{k}.png" for k in ("P0", "P1", "P2", "P3", "PBBox")),
     }
-    assert np.load(folder / "mobilenetv3_Mass_cam.npy").shape == (500, 700)
+    assert np.load(folder / "mobilenetv3_Mass_cam.npy").shape == (160, 224)  # the work grid: 700x500 at 224 px
+    from xcam.core.render import read_mask
+
+    assert read_mask(folder / "mobilenetv3_Mass_P3.png").shape == (500, 700)  # images at the original size
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["models"]["mobilenetv3"]["method"] == "gradcam++"
     assert meta["models"]["mobilenetv3"]["cams"] == {"Mass": "mobilenetv3_Mass_cam.npy"}
@@ -164,7 +167,10 @@ def test_cam_on_real_nih_image(capsys, tmp_path):
                             "--top-k", "1", "--output-dir", str(tmp_path))
     assert code == 0, err
     cam = np.load(next((tmp_path / image.stem).glob("*_cam.npy")))
-    assert cam.shape == (1024, 1024) and np.isfinite(cam.astype(np.float32)).all()
+    assert cam.shape == (224, 224) and np.isfinite(cam.astype(np.float32)).all()  # the work grid
+    from xcam.core.render import read_png
+
+    assert read_png(next((tmp_path / image.stem).glob("*_P0.png")), color=True).shape == (1024, 1024, 3)
 
 
 # -- bbox, consolidate and ensemble on what the chain wrote ------------------------------------

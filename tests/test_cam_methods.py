@@ -12,7 +12,7 @@ import torch
 from xcam.core.config import XcamConfig
 from xcam.core.manager import get_plugin_manager
 from xcam.core.model import XCamModel
-from xcam.core.pipeline import get_classifier
+from xcam.chain.models import LoadOptions, ModelRef, load_models
 from xcam.plugins.cam_methods import METHODS, compute_cam, normalize_maps
 
 CLASSIFIERS = ("densenet121", "mobilenetv3", "resnet50", "jfhealthcare")
@@ -31,7 +31,8 @@ def model_of(pm, name: str, **options) -> XCamModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return pm.classifier(name).build(random_init=True, options=options)
-    return get_classifier(pm, name, random_init=True).model
+    (loaded,) = load_models(pm, [ModelRef(name)], LoadOptions(random_init=True))
+    return loaded.autograd_model()
 
 
 def xray_batch(size: int, n: int, seed: int = 0) -> "torch.Tensor":

@@ -122,7 +122,7 @@ def test_ui_engine_gives_the_boxes_of_the_chain(tmp_path):
     try:
         first = engine.analyze(engine.build(pm, specs, settings, None, **where), image)
         assert [r.findings for r in first.results] == [[], []] and first.combined_predictions
-        pathology = "Effusion"
+        pathology = "Cardiomegaly"  # both models predict it (random DenseNet's CAM is flat for some classes)
         ui = engine.analyze(engine.build(pm, specs, settings, pathology, **where), image)
         gt = (pathology, (100.0, 80.0, 150.0, 120.0))
         ui = engine.with_ground_truth(ui, gt)
@@ -279,8 +279,27 @@ def assert_clean(at: AppTest) -> None:
     assert not errors(at), errors(at)
 
 
+def chain_finding(pathology: str, path: Path, ground_truth=()):
+    """What ``xcam analyze --models mobilenetv3 --random-weights --target-class PATHOLOGY`` computes
+    (with the app's plugins.toml and default profile)."""
+    from xcam.chain.engine import build_chain
+    from xcam.chain.models import LoadOptions
+    from xcam.chain.settings import ClassChoice, resolve_settings
+    from xcam.core.config import load_config
+    from xcam.core.manager import get_plugin_manager
+
+    pm = get_plugin_manager(load_config(os.environ["XCAM_CONFIG"]))
+    chain = build_chain(pm, "mobilenetv3", resolve_settings(pm, None), ClassChoice(targets=(pathology,)),
+                        load=LoadOptions(random_init=True))
+    (finding,) = chain.analyze(path, ground_truth=ground_truth).results[0].findings
+    return finding
+
+
 @needs_uploader
-def test_upload_runs_the_whole_chain(app):
+def test_upload_runs_the_whole_chain(app, tmp_path):
+    from xcam.chain.outputs import finding_prefix
+    from xcam.core.metrics import box_dict
+
     at = app()
     at.run()
     assert_clean(at)
@@ -296,13 +315,33 @@ def test_upload_runs_the_whole_chain(app):
     assert doc["pathology"] == max(model["predictions"], key=model["predictions"].get)
     (finding,) = model["findings"]
     assert finding["pathology"] == doc["pathology"] and finding["reason"] == "target"
+    if finding["box"] is None:  # random weights: this class's LayerCAM is flat (all zero), so no box
+        assert finding["peak"] is None and any(c.endswith("no box (flat CAM)") for i in at.image for c in i.captions)
+        at.selectbox(key="pathology").set_value("Cardiomegaly").run()
+        assert_clean(at)
+        doc = at.session_state["xcam_document"]
+        ((model, (finding,)),) = [(m, m["findings"]) for m in doc["models"]]
+    assert finding["pathology"] == doc["pathology"]
     box = finding["box"]
     assert box is not None and 0 <= box["x"] < box["x2"] <= 160 and 0 <= box["y"] < box["y2"] <= 200
+    # the settings profile of plugins.toml (none here: "default"), as every command uses it
+    assert doc["profile"] == "default" and doc["settings"]["profile"] == "default"
+    assert model["method"] == "layercam" and model["mask_extractor"] == "threshold"  # default's mobilenetv3 CAM
+    # the same boxes as the command line's chain on the same file
+    (tmp_path / "phantom.png").write_bytes(png_bytes())
+    expected = chain_finding(doc["pathology"], tmp_path / "phantom.png")
+    assert finding["boxes"] == [box_dict(b) for b in expected.boxes] and finding["peak"] == list(expected.peak)
     captions = [m.value for m in at.markdown]
     assert any(c.startswith("Positive (≥ 0.5)") for c in captions)
     captions = [c for image in at.image for c in image.captions]
-    assert "P0 overlay · " + doc["pathology"] + " · gradcam" in captions
-    assert any(c.startswith("mask · otsu · ") for c in captions) and "box · largest: predicted (green)" in captions
+    assert "P0 overlay · " + doc["pathology"] + " · layercam" in captions
+    assert any(c.startswith("mask · threshold · ") for c in captions)
+    assert any(c.startswith("box · largest · ") for c in captions)
+    # maps are shown at the image's resolution, not the work grid's
+    prefix = finding_prefix("mobilenetv3", doc["pathology"])
+    assert doc["work_grid"]["side"] == 224 and doc["work_grid"]["width"] < 224  # CAMs live in the work grid
+    assert at.session_state["xcam_images"] == {"_input_image_.png": (200, 160), f"{prefix}_P0.png": (200, 160, 3),
+                                               f"{prefix}_P3.png": (200, 160), f"{prefix}_PBBox.png": (200, 160, 3)}
     # the upload went into this session's private folder, which cleanup removes
     folder = at.session_state["_xcam_session_folder"]
     assert [p.name for p in (folder.path / "uploads").iterdir()] == ["phantom.png"]
@@ -312,14 +351,16 @@ def test_upload_runs_the_whole_chain(app):
 
 @needs_uploader
 def test_dicom_upload_runs_the_chain(app, shared_data):
-    at = app()
+    at = app(XCAM_UI_PROFILE="fast")  # `xcam ui --profile fast`: Grad-CAM on the target layer
     at.run()
+    assert at.selectbox(key="profile").value == "fast"
     dicom = shared_data / "xrv-samples" / "Fake_MONOHR1.dcm"
     at.file_uploader(key="upload").upload(dicom.name, dicom.read_bytes(), "application/dicom")
     at.run()
     assert_clean(at)
     doc = at.session_state["xcam_document"]
     assert doc["image"] == "Fake_MONOHR1.dcm" and doc["image_size"] == {"width": 1024, "height": 1024}
+    assert doc["profile"] == "fast" and doc["models"][0]["method"] == "gradcam"
     assert doc["models"][0]["findings"][0]["box"] is not None
 
 
@@ -340,12 +381,17 @@ def test_bad_and_oversized_uploads_show_one_line_errors(app):
 
 
 @needs_uploader
-def test_models_are_built_once_and_ground_truth_gives_metrics(app, monkeypatch):
-    import xcam.core.inference as inference
+def test_models_are_built_once_and_ground_truth_gives_metrics(app, monkeypatch, tmp_path):
+    import xcam.export.backends as backends
+    from xcam.chain.engine import Chain
+    from xcam.core.metrics import box_iou
 
     calls: list[str | None] = []
-    original = inference.load_classifier
-    monkeypatch.setattr(inference, "load_classifier", lambda pm, name=None, *a, **k: calls.append(name) or original(pm, name, *a, **k))
+    original = backends.load_classifier
+    monkeypatch.setattr(backends, "load_classifier", lambda pm, name=None, *a, **k: calls.append(name) or original(pm, name, *a, **k))
+    runs: list[str] = []
+    analyze = Chain.analyze
+    monkeypatch.setattr(Chain, "analyze", lambda self, *a, **k: runs.append("analyze") or analyze(self, *a, **k))
     at = app()
     at.run()
     at.file_uploader(key="upload").upload("phantom.png", png_bytes(), "image/png")
@@ -355,12 +401,25 @@ def test_models_are_built_once_and_ground_truth_gives_metrics(app, monkeypatch):
     at.text_input(key="gt_text").input("Effusion,60,40,60,60")
     at.run()
     assert_clean(at)
-    assert calls == ["mobilenetv3"]  # three reruns, one build
+    assert calls == ["mobilenetv3"]  # three runs, one build
     doc = at.session_state["xcam_document"]
     assert doc["ground_truth"] == [{"label": "Effusion", "box": [60.0, 40.0, 60.0, 60.0]}]
-    metrics = doc["models"][0]["findings"][0]["metrics"]
-    assert set(metrics) >= {"iou", "dice", "iobb", "pixel_accuracy", "pointing_game"} and 0 <= metrics["iou"] <= 1
+    (finding,) = doc["models"][0]["findings"]
+    metrics = finding["metrics"]
+    # the metrics are against the typed box: what the command line's chain gives with that box as truth
+    (tmp_path / "phantom.png").write_bytes(png_bytes())
+    expected = chain_finding("Effusion", tmp_path / "phantom.png", ground_truth=[("Effusion", (60, 40, 60, 60))])
+    assert metrics == expected.metrics and set(metrics) >= {"iou", "dice", "iobb", "pixel_accuracy", "pointing_game"}
+    b = finding["box"]
+    assert metrics["iou"] == pytest.approx(box_iou((b["x"], b["y"], b["width"], b["height"]), (60, 40, 60, 60)))
     assert len(at.dataframe) == 1
+    # typing the predicted box itself scores a perfect match, and recomputes no CAM
+    before = len(runs)
+    at.text_input(key="gt_text").input(f"Effusion,{b['x']!r},{b['y']!r},{b['width']!r},{b['height']!r}").run()
+    assert_clean(at)
+    assert len(runs) == before
+    (again,) = at.session_state["xcam_document"]["models"][0]["findings"]
+    assert again["box"] == b and again["metrics"]["iou"] == pytest.approx(1.0) and again["metrics"]["iobb"] == pytest.approx(1.0)
     at.text_input(key="gt_text").input("Tumour,1,1,10,10").run()
     assert not at.exception
     assert len(errors(at)) == 1 and "unknown class 'Tumour'" in errors(at)[0]

@@ -34,7 +34,9 @@ without a horizontal flip."""
 
 def normalize(maps: np.ndarray) -> np.ndarray:
     """Per map (last two axes): NaN/inf → 0, then min-max to [0, 1]; a constant map → zeros."""
-    a = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    a = np.asarray(maps, dtype=np.float32)
+    if not np.isfinite(a).all():
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
     lo = a.min(axis=(-2, -1), keepdims=True)
     span = a.max(axis=(-2, -1), keepdims=True) - lo
     return np.where(span > 1e-12, (a - lo) / np.where(span > 1e-12, span, 1.0), 0.0).astype(np.float32)

@@ -1,6 +1,6 @@
 """The chain's files: one layout, one writer, one reader.
 
-Layout, under ``OUTPUT/{image_stem}/`` (names kept from the first pipeline):
+Layout, under ``OUTPUT/{image_stem}/`` (names kept from the first version of xcam):
 
 * ``_input_image_.png`` — the X-ray as 8-bit grey;
 * per finding, prefix ``{model}_{pathology}``: ``_P0.png`` overlay, ``_P1.png`` jet heatmap,

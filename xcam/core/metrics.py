@@ -288,8 +288,13 @@ def cam_peak(cam: "np.ndarray") -> tuple[int, int] | None:
     """``(row, col)`` of a CAM's first arg-max pixel; ``None`` for a constant, empty or all-NaN CAM."""
     import numpy as np
 
-    a = np.nan_to_num(np.asarray(cam, dtype=np.float64), nan=-np.inf)
-    if a.ndim != 2 or a.size == 0 or not np.isfinite(a.max()) or a.max() <= a.min():
+    a = np.asarray(cam)
+    if a.ndim != 2 or a.size == 0:
+        return None
+    if not np.isfinite(a).all():
+        a = np.nan_to_num(a.astype(np.float64), nan=-np.inf)
+    top = a.max()
+    if not np.isfinite(top) or top <= a.min():
         return None
     r, c = np.unravel_index(int(np.argmax(a)), a.shape)
     return int(r), int(c)

@@ -123,7 +123,9 @@ class CamMethodRegistration:
 
     ``compute(model, batch, class_indices, **options)`` gets a float tensor batch ``[B, C, H, W]``
     in model input space and one class index per image, and returns a float32 numpy array
-    ``[B, h, w]`` in [0, 1] at the model's input resolution. Options: ``aug_smooth``,
+    ``[B, h, w]`` in [0, 1] at the model's input resolution. Options: ``target_layer`` (a dotted
+    module path inside the model; default its declared target layer — the chain passes it to fuse
+    the CAMs of several layers), ``aug_smooth``,
     ``eigen_smooth`` (methods may ignore what they cannot use).
     """
 

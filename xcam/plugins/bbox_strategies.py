@@ -42,7 +42,7 @@ def _score(pixels: "np.ndarray", cam: Any, total: int, how: str) -> float:
 
     if cam is None:
         return float(np.count_nonzero(pixels)) / float(total)
-    values = np.nan_to_num(np.asarray(cam, dtype=np.float64)[pixels], nan=0.0)
+    values = np.nan_to_num(np.asarray(cam)[pixels].astype(np.float64), nan=0.0)
     if values.size == 0:
         return 0.0
     return float(values.max() if how == "max" else values.mean())
@@ -98,6 +98,8 @@ def largest_box(mask: Any, cam: Any = None, score: str = "mean", connectivity: i
         return []
     labels, stats = _components(m, connectivity)
     i = int(np.argmax(stats[:, 4]))
+    if len(stats) == 1:  # one component: the mask itself selects it (no second pass over the labels)
+        return [_box(stats[0], _score(m, cam, m.size, score))]
     return [_box(stats[i], _score(labels == i + 1, cam, m.size, score))]
 
 

@@ -27,7 +27,7 @@ the backward pass runs only through the head after the target layer instead of t
 network. The gradient of the score with respect to the target activations — all that these
 methods use — is unchanged (``tests/test_cam_methods.py`` checks this against the untouched
 library call). With ``share_forward`` (default on), a batch whose images are all the same (several
-classes of one image, as :mod:`xcam.core.pipeline` sends them) goes through the network once: the
+classes of one image, as :mod:`xcam.chain` sends them) goes through the network once: the
 target layer's output is repeated along the batch, one row per class, so K classes cost one
 forward pass instead of K. (Needs a head that treats batch rows independently after the target
 layer, true of the built-in classifiers; otherwise it falls back to K passes.) Neither applies to

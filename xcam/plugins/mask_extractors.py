@@ -26,11 +26,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _clean(cam: Any) -> "np.ndarray | None":
-    """The CAM as float64 without NaN/inf, or ``None`` when it is empty or constant."""
+    """The CAM as float32 without NaN/inf, or ``None`` when it is empty or constant."""
     import numpy as np
 
-    a = np.nan_to_num(np.asarray(cam, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-    if a.size == 0 or float(a.max() - a.min()) <= 1e-12:
+    a = np.asarray(cam, dtype=np.float32)
+    if a.size and not np.isfinite(a).all():
+        a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
+    if a.size == 0 or float(a.max()) - float(a.min()) <= 1e-12:
         return None
     return a
 
@@ -42,16 +44,19 @@ def normalize_cam(cam: Any) -> "np.ndarray":
     a = _clean(cam)
     if a is None:
         return np.zeros(np.shape(cam), dtype=np.float32)
-    return ((a - a.min()) / (a.max() - a.min())).astype(np.float32)
+    lo = a.min()
+    return ((a - lo) / (a.max() - lo)).astype(np.float32)
 
 
 def threshold_mask(cam: Any, threshold: float = 0.5, **_: Any) -> "np.ndarray":
     """``normalize(cam) ≥ threshold``."""
     import numpy as np
 
-    if _clean(cam) is None:
+    a = _clean(cam)
+    if a is None:
         return np.zeros(np.shape(cam), dtype=bool)
-    return normalize_cam(cam) >= float(threshold)
+    lo, hi = float(a.min()), float(a.max())
+    return a >= np.float32(lo + float(threshold) * (hi - lo))
 
 
 def otsu_mask(cam: Any, **_: Any) -> "np.ndarray":

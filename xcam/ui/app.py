@@ -8,7 +8,8 @@ opacity slider, each model's mask and box, the consolidated box, metrics against
 and downloads of what is shown. Everything is computed by :mod:`xcam.chain` (through
 :mod:`xcam.ui.engine`), so the boxes are those ``xcam analyze`` gives for the same settings; maps
 are shown at the image's full resolution. Every problem is shown as one ``st.error`` line; the
-JSON of the page is kept in ``st.session_state["xcam_document"]`` (tests read it).
+JSON of the page is kept in ``st.session_state["xcam_document"]`` and the names and shapes of the
+images shown in ``st.session_state["xcam_images"]`` (tests read them).
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ def show_explanations(grey: "np.ndarray", analysis: "ImageResult", alpha: float,
         images = engine.finding_images(grey, analysis, r, f, alpha)
         files.update(images)
         names = finding_names(finding_prefix(r.model, f.pathology))
-        boxes = f"{len(f.boxes)} boxes" if len(f.boxes) != 1 else "1 box"
+        boxes = f"{len(f.boxes)} boxes" if len(f.boxes) > 1 else "1 box" if f.boxes else "no box (flat CAM)"
         with column:
             st.markdown(f"**{r.model}** · p = {f.probability:.3f}")
             show(images[names["P0"]], f"P0 overlay · {f.pathology} · {r.method}")
@@ -356,6 +357,7 @@ def analyse(pm: "XcamPluginManager", s: UiSettings, picked: tuple["XrayImage", s
     else:
         st.caption("Select two or more models that predict this pathology to see a consolidated box.")
     show_metrics(analysis)
+    st.session_state["xcam_images"] = {n: tuple(a.shape) for n, a in files.items()}  # what the ZIP holds
     show_downloads(page, files, name)
 
 
