@@ -72,3 +72,28 @@ def random_weights(pm, weights_cache: Path):
         return written[key]
 
     return make
+
+
+def run_xcam(args: list[str], capsys, monkeypatch=None, pm=None) -> tuple[int, str, str]:
+    """Run ``xcam`` in-process as the console script does (one-line errors, exit codes):
+    ``(exit code, stdout, stderr)``. With ``pm``, every command uses that plugin manager."""
+    from xcam.cli import main
+
+    if pm is not None:
+        import xcam.commands._common as common
+
+        assert monkeypatch is not None, "pass monkeypatch together with pm"
+        monkeypatch.setattr(common, "get_plugin_manager", lambda config=None: pm)
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def xcam_cli(capsys, monkeypatch):
+    """``xcam_cli(*args, pm=None) -> (exit code, stdout, stderr)``: :func:`run_xcam` for a test."""
+    return lambda *args, pm=None: run_xcam(list(args), capsys, monkeypatch, pm)

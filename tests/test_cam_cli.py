@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_xcam, shared_data_dir
 
 from xcam.cli import main
 
-DATA = Path(os.environ.get("XCAM_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-NIH = DATA / "nih"
+DATA = shared_data_dir()
+NIH = (DATA or Path("/nonexistent")) / "nih"
 
 
 def write_image(path: Path, width: int = 700, height: int = 500, seed: int = 0) -> Path:
@@ -29,13 +29,7 @@ def write_image(path: Path, width: int = 700, height: int = 500, seed: int = 0) 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
     """Run ``xcam`` in-process (models stay cached between tests): ``(exit code, stdout, stderr)``."""
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_xcam(list(args), capsys)
 
 
 @pytest.fixture(autouse=True)

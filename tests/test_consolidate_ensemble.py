@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_xcam
 
 import xcam.plugins.bbox_strategies as bbox_strategies
 import xcam.plugins.cam_methods as cam_methods
@@ -31,17 +32,7 @@ def pm() -> XcamPluginManager:
 
 
 def run_cli(args: list[str], pm: XcamPluginManager, monkeypatch, capsys) -> tuple[int, str, str]:
-    import xcam.commands._common as common
-    from xcam.cli import main
-
-    monkeypatch.setattr(common, "get_plugin_manager", lambda config=None: pm)
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_xcam(args, capsys, monkeypatch, pm)
 
 
 def assert_one_line_error(code: int, err: str, fragment: str) -> None:

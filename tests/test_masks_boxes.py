@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import run_xcam
 
 import xcam.plugins.bbox_strategies as bbox_strategies
 import xcam.plugins.cam_methods as cam_methods
@@ -180,18 +181,7 @@ def test_read_mask_refuses_non_masks(tmp_path: Path) -> None:
 
 # -- xcam bbox ---------------------------------------------------------------------------------
 def run_cli(args: list[str], pm: XcamPluginManager, monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run ``xcam.cli.main`` as the console script does, with the test plugin manager."""
-    import xcam.commands._common as common
-    from xcam.cli import main
-
-    monkeypatch.setattr(common, "get_plugin_manager", lambda config=None: pm)
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_xcam(args, capsys, monkeypatch, pm)
 
 
 def make_case(folder: Path, with_image: bool = True) -> Path:

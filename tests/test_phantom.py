@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import filecmp
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_data_dir
 
 from xcam.core.errors import UsageError
 from xcam.datasets.phantom import (
@@ -27,13 +27,8 @@ from xcam.datasets.phantom import (
 SIZE = 160
 
 
-def shared_data() -> Path:
-    """The real NIH fixtures (``$XCAM_TEST_DATA`` or ``../shared/data``)."""
-    return Path(os.environ.get("XCAM_TEST_DATA") or Path(__file__).parents[1].parent / "shared" / "data")
-
-
 def real_nih(name: str) -> Path:
-    path = shared_data() / "nih" / name
+    path = (shared_data_dir() or Path("/nonexistent")) / "nih" / name
     if not path.exists():
         pytest.skip(f"real NIH fixture {path} not available (set XCAM_TEST_DATA)")
     return path
