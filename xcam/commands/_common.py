@@ -93,9 +93,21 @@ def split_csv(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def renamed_option(old: str, new: str, ctx: click.Context | None = None) -> None:
+def renamed_option(old: str, new: str) -> None:
     """Print the one-line notice for a renamed option that was used under its old name."""
     click.echo(f"note: {old} is now {new} (the old spelling still works)", err=True)
+
+
+def pick_renamed(new: str | None, old: str | None, new_name: str, old_name: str) -> str | None:
+    """The value of a renamed option: the new spelling's, else the old one's (with its notice)."""
+    from xcam.core.errors import UsageError
+
+    if old is None:
+        return new
+    if new is not None and new != old:
+        raise UsageError(f"{old_name} {old!r} and {new_name} {new!r} disagree (use {new_name} only)")
+    renamed_option(old_name, new_name)
+    return old
 
 
 def chain_settings(profile: str | None, **overrides: object):  # -> ChainSettings

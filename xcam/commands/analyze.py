@@ -104,7 +104,7 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
     from xcam.chain.outputs import write_result
     from xcam.chain.results import Timings, result_dict
     from xcam.chain.settings import ClassChoice
-    from xcam.commands._common import settings_from_options, split_csv
+    from xcam.commands._common import renamed_option, settings_from_options, split_csv
     from xcam.commands.cam import split_names
     from xcam.core.errors import UsageError, XcamError
     from xcam.core.imageio import iter_image_files
@@ -126,6 +126,14 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
 
         torch.set_num_threads(threads)
     pm = plugin_manager()
+    if weights and "=" in weights:  # the old 'model=variant,...' spelling
+        renamed_option("--weights model=variant,...", "--models model:variant,...")
+        pairs = dict(p.split("=", 1) for p in split_csv(weights))
+        names = split_csv(models) or [pm.classifier(None).name]
+        unknown = sorted(set(pairs) - set(names))
+        if unknown:
+            raise UsageError(f"--weights names models not in --models: {', '.join(unknown)}")
+        models, weights = ",".join(f"{n}:{pairs[n]}" if n in pairs else n for n in names), None
     settings = settings_from_options(profile, method, cam_layers, aug_smooth, eigen_smooth, mask_name, mask_option,
                                      strategy, strategy_option, ensembler=ensembler)
     choice = ClassChoice(targets=split_names(target_classes), top_k=top_k, threshold=threshold, ground_truth=gt_classes)

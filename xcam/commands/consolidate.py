@@ -199,18 +199,6 @@ def merge_source_paths(options: Sequence[str], extra: Sequence[str]) -> list[str
     return list(dict.fromkeys([*options, *extra]))
 
 
-def pick_renamed(new: str | None, old: str | None, new_name: str, old_name: str) -> str | None:
-    """The value of a renamed option: the new spelling's, else the old one's (with its notice)."""
-    from xcam.commands._common import renamed_option
-
-    if old is None:
-        return new
-    if new is not None and new != old:
-        raise UsageError(f"{old_name} {old!r} and {new_name} {new!r} disagree (use {new_name} only)")
-    renamed_option(old_name, new_name)
-    return old
-
-
 @click.command("consolidate")
 @click.option("--input-sources", "input_sources", multiple=True, metavar="P3.png",
               help="Masks {model}_{pathology}_P3.png (repeat the option or list them after it).")
@@ -247,7 +235,7 @@ def consolidate(
 
     from xcam.chain.localize import Localizer
     from xcam.chain.outputs import box_items, box_legend, box_report, consolidated_names, consolidated_prefix
-    from xcam.commands._common import chain_settings, parse_key_values, plugin_manager
+    from xcam.commands._common import chain_settings, parse_key_values, pick_renamed, plugin_manager
     from xcam.core.jsonio import write_json
     from xcam.core.metrics import box_dict
     from xcam.core.render import PALETTE, draw_annotated, mask_png, write_png

@@ -59,7 +59,6 @@ from xcam.commands.bbox import (
     read_input_image,
     resized,
 )
-from xcam.commands.consolidate import pick_renamed
 from xcam.core.errors import UsageError, XcamError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -244,7 +243,7 @@ def ensemble(
         finding_names,
         finding_prefix,
     )
-    from xcam.commands._common import chain_settings, parse_key_values, plugin_manager
+    from xcam.commands._common import chain_settings, parse_key_values, pick_renamed, plugin_manager
     from xcam.core.jsonio import write_json
     from xcam.core.labels import same_label
     from xcam.core.render import draw_annotated, heatmap_bgr, mask_png, overlay, write_png

@@ -12,8 +12,8 @@ from xcam.commands._common import (
     accept_changed_weights_option,
     cam_options,
     device_option,
+    pick_renamed,
     profile_option,
-    renamed_option,
     weights_dir_option,
 )
 
@@ -56,9 +56,7 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile
     from xcam.evaluation.run import EvalConfig
     from xcam.evaluation.run import evaluate as run_evaluation
 
-    if cam_layer_old is not None:
-        renamed_option("--cam-layer", "--cam-layers")
-        cam_layers = cam_layers or cam_layer_old
+    cam_layers = pick_renamed(cam_layers, cam_layer_old, "--cam-layers", "--cam-layer")
     try:
         ensemble_w = [float(v) for v in split_csv(model_weights)] if model_weights else None
     except ValueError:
