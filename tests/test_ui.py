@@ -460,6 +460,20 @@ def test_folder_pick_switch_models_and_consolidate(app, shared_data, third_party
     assert consolidated["ensembler"] == "max" and consolidated["models"] == ["mobilenetv3", "tinycnn"]
     assert consolidated["box"]["x2"] <= 1036 and consolidated["box"]["y2"] <= 885
     assert any(h.value == "Consolidated box (max of mobilenetv3, tinycnn)" for h in at.subheader)
+    assert set(at.session_state["xcam_images"]) >= {"Effusion_consolidated.png", "Effusion_consolidated_P0.png",
+                                                    "Effusion_consolidated_bbox.png", "tinycnn_Effusion_PBBox.png"}
+    assert at.session_state["xcam_images"]["Effusion_consolidated_bbox.png"] == (885, 1036, 3)
+    # the plugin selectors default to the profile's values; another profile changes what they keep
+    assert at.selectbox(key="profile").value == "default"
+    assert at.selectbox(key="mask_extractor").options[0] == "as the profile: threshold"
+    assert at.selectbox(key="cam_method").options[0] == "as the profile: gradcam; mobilenetv3: layercam + aug_smooth"
+    assert [m["method"] for m in doc["models"]] == ["layercam", "gradcam"]
+    at.selectbox(key="profile").set_value("legacy").run()
+    assert_clean(at)
+    assert at.selectbox(key="mask_extractor").options[0] == "as the profile: otsu"
+    doc = at.session_state["xcam_document"]
+    assert doc["profile"] == "legacy" and doc["settings"]["ensembler"] == "max"  # the explicit choice stays
+    assert [(m["method"], m["mask_extractor"]) for m in doc["models"]] == [("gradcam", "otsu"), ("gradcam", "otsu")]
     at.selectbox(key="pathology").set_value("Hernia").run()  # tinycnn does not predict it
     assert not at.exception
     assert errors(at) == ["tinycnn does not predict 'Hernia'; its classes: Nodule, Mass, Effusion"]

@@ -154,13 +154,12 @@ def montage(records: Sequence[Any], paths: Mapping[str, Path], out: Path, k: int
     return write_png(out, np.vstack(rows))
 
 
-def write_report(result: Any) -> dict[str, Path]:
+def write_report(result: Any, config: Mapping[str, Any]) -> dict[str, Path]:
+    """Write the report files of an evaluation result (``config``: its settings as JSON)."""
     from xcam.core.jsonio import write_json
-    from xcam.evaluation.run import config_dict
 
     out = Path(result.config.output)
     out.mkdir(parents=True, exist_ok=True)
-    config = config_dict(result.config)
     files = {"json": out / "results.json", "markdown": out / "results.md", "per_box": out / "per_box.csv",
              "plot": out / "accuracy_vs_threshold.png"}
     payload = {"config": config, "summary": result.summary, "records": [r.as_dict() for r in result.records]}

@@ -203,7 +203,7 @@ def evaluate(config: EvalConfig, pm: Any = None, chain: "Chain | None" = None) -
     if config.output:
         from xcam.evaluation.report import write_report
 
-        result.files = write_report(result)
+        result.files = write_report(result, config_dict(config))
     return result
 
 
