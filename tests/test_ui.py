@@ -84,12 +84,12 @@ def test_ground_truth_text_and_files():
         parse_file("Effusion,1,2,three,4\n", "any.png")
 
 
-def test_zip_holds_images_and_metadata():
+def test_zip_holds_images_and_the_page_json():
     data = zip_bytes({"m_Effusion_P0.png": np.zeros((4, 5, 3), np.uint8), "m_Effusion_P3.png": np.ones((4, 5), bool)},
                      {"pathology": "Effusion", "value": np.float32(0.5)})
     archive = zipfile.ZipFile(io.BytesIO(data))
-    assert sorted(archive.namelist()) == ["m_Effusion_P0.png", "m_Effusion_P3.png", "metadata.json"]
-    assert json.loads(archive.read("metadata.json")) == {"pathology": "Effusion", "value": 0.5}
+    assert sorted(archive.namelist()) == ["analysis.json", "m_Effusion_P0.png", "m_Effusion_P3.png"]
+    assert json.loads(archive.read("analysis.json")) == {"pathology": "Effusion", "value": 0.5}
 
 
 def boxes_of(items) -> list[tuple[float, float, float, float, float]]:
@@ -209,6 +209,16 @@ def test_ui_command_builds_streamlit_call_and_needs_streamlit(tmp_path, monkeypa
     with pytest.raises(SystemExit):  # an unknown profile fails before any server starts
         main(["ui", "--print-command", "--profile", "nosuch"])
     assert "unknown profile 'nosuch'" in capsys.readouterr().err
+
+
+def test_app_script_has_no_stray_module_level_values():
+    """Streamlit's "magic" writes every bare expression of the script's top level on the page: only
+    the module docstring and the ``run()`` call may stand there."""
+    import ast
+
+    tree = ast.parse(APP.read_text())
+    bare = [node for node in tree.body[1:] if isinstance(node, ast.Expr)]
+    assert [ast.unparse(node) for node in bare] == ["run()"]
 
 
 def test_ui_command_imports_neither_streamlit_nor_torch():

@@ -162,5 +162,6 @@ def test_upload_in_chromium_shows_the_heatmap(chromium, server, tmp_path):
     assert "Unexpected error" not in body and "Traceback" not in body
     assert "Random weights (demo/test mode)" in body
     assert f"{image.name}" in body and "mobilenetv3" in body
+    assert "Settings profile" in body and "Mask extractor" in body
     assert shot.stat().st_size > 50_000
     print(f"upload to heatmap and shutdown: {time.monotonic() - started:.1f} s")

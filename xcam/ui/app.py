@@ -118,8 +118,9 @@ def choose_models(pm: "XcamPluginManager", s: UiSettings) -> list[tuple[str, sta
     return selection
 
 
+# The selectors' first entry: keep the profile's plugin (as an option left out on the command line).
+# (A comment, not a docstring: Streamlit would show a bare string of the script on the page.)
 PROFILE_CHOICE = ""
-"""The selectors' first entry: keep the profile's plugin (as an option left out on the command line)."""
 
 
 def method_summary(base: "ChainSettings") -> str:
@@ -247,7 +248,8 @@ def show_explanations(grey: "np.ndarray", analysis: "ImageResult", alpha: float,
         images = engine.finding_images(grey, analysis, r, f, alpha)
         files.update(images)
         names = finding_names(finding_prefix(r.model, f.pathology))
-        boxes = f"{len(f.boxes)} boxes" if len(f.boxes) > 1 else "1 box" if f.boxes else "no box (flat CAM)"
+        boxes = f"{len(f.boxes)} boxes" if len(f.boxes) > 1 else "1 box" if f.boxes else \
+            "no box (flat CAM)" if f.peak is None else "no box"
         with column:
             st.markdown(f"**{r.model}** · p = {f.probability:.3f}")
             show(images[names["P0"]], f"P0 overlay · {f.pathology} · {r.method}")

@@ -1,8 +1,10 @@
 """Downloads: what is on screen as one JSON document and as a ZIP of PNGs (plus that JSON).
 
-Image names follow the command-line outputs: ``{model}_{pathology}_P0.png`` (overlay),
-``_P3.png`` (mask), ``_PBBox.png`` (boxes), ``{pathology}_consolidated.png`` /
-``_consolidated_bbox.png`` and ``_input_image_.png``; the JSON is ``metadata.json``.
+Names follow the command-line outputs (:mod:`xcam.chain.outputs`): ``{model}_{pathology}_P0.png``
+(overlay), ``_P3.png`` (mask), ``_PBBox.png`` (boxes), ``{pathology}_consolidated_P0.png`` /
+``_consolidated.png`` / ``_consolidated_bbox.png`` and ``_input_image_.png``, each at the image's
+resolution; the JSON is ``analysis.json`` (the chain's summary format, as ``xcam analyze`` writes
+it, plus the page's settings).
 """
 
 from __future__ import annotations
@@ -48,11 +50,16 @@ def to_json(document: Mapping[str, Any]) -> str:
     return json.dumps(document, indent=2, default=default)
 
 
+DOCUMENT_NAME = "analysis.json"
+"""The page's JSON in the ZIP: :func:`xcam.chain.results.result_dict`'s format, so it is named as
+``xcam analyze`` names that file (``metadata.json`` is the per-model CAM index ``xcam ensemble`` reads)."""
+
+
 def zip_bytes(images: Mapping[str, np.ndarray], document: Mapping[str, Any]) -> bytes:
-    """A ZIP holding each image as ``<name>`` (PNG) and the document as ``metadata.json``."""
+    """A ZIP holding each image as ``<name>`` (PNG) and the document as :data:`DOCUMENT_NAME`."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, image in images.items():
             archive.writestr(name, png_bytes(image))
-        archive.writestr("metadata.json", to_json(document))
+        archive.writestr(DOCUMENT_NAME, to_json(document))
     return buffer.getvalue()
