@@ -150,6 +150,65 @@ def test_parity_on_generated_images(densenet_export, densenet_model):
     assert report["max_abs_cams"] < 1e-4
 
 
+def _unsaturated_densenet(pm, images: np.ndarray) -> XCamModel:
+    """DenseNet121 (random weights, seed 0) whose head gives logits that are not saturated.
+
+    Its random head is useless for measuring INT8 error: logits spread ±300 (probabilities all 0
+    or 1, so any error vanishes), and rescaled to a few units it reads directions in which the
+    features barely vary between images, so the rescaling mostly amplifies quantization noise
+    (measured: p95 |Δp| 0.09). A trained head reads the directions in which images differ; this
+    one does too: each class mixes the top 8 principal directions of the pooled features of
+    ``images``, scaled to a logit standard deviation of 2 across them and centred at the logit of
+    its op_norm threshold, so calibrated probabilities spread around 0.5, op_norm's steepest part
+    (≈ 89 % of them in (0.05, 0.95))."""
+    torch.manual_seed(0)
+    model = pm.classifier("densenet121").build(random_init=True).eval()
+    features, linear = model.gap_linear_head()
+    with torch.no_grad():
+        pooled = features(torch.from_numpy(images)).mean(dim=(2, 3)).double()
+        _, _, directions = torch.linalg.svd(pooled - pooled.mean(0), full_matrices=False)
+        mix = torch.randn(linear.out_features, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        weight = mix @ directions[:8]
+        raw = pooled @ weight.T
+        scale = 2.0 / raw.std(0)
+        thresholds = torch.nan_to_num(model.op_threshs.double(), nan=0.5).clamp(1e-4, 1 - 1e-4)
+        linear.weight.copy_((weight * scale[:, None]).float())
+        linear.bias.copy_((torch.logit(thresholds) - raw.mean(0) * scale).float())
+    return model
+
+
+def test_int8_parity_on_real_images(pm, nih_images, tmp_path):
+    """Static INT8 (the default configuration) against FP32 on real X-rays it was not calibrated
+    on: 32 calibration images (the CLI's default count), the other 27 held out.
+
+    Measured on a 2-core AMD EPYC (AVX-512 VNNI), onnxruntime 1.32, torch 2.14: |Δp| p95 0.024,
+    max 0.115, mean 0.006; |Δlogit| max 0.38 (logit s.d. 2); normalized CAMs max |Δ| 0.095.
+    Quantizing every op (presets ``qdq-s8s8-all`` or ``op_types=()``) measured p95 0.07, max 0.45,
+    |Δlogit| max 0.67-0.73, so the bounds below (≈ 1.3-2× the default's values) separate them.
+    The max bound: one (image, class) of 486 may sit where op_norm is steepest (slope 1/(2t) just
+    below a small threshold t); 0.2 keeps such an outlier from moving a clear negative (≤ 0.3) past
+    the 0.5 decision line.
+    """
+    if len(nih_images) < 48:
+        pytest.skip(f"needs at least 48 real images (32 to calibrate, the rest held out); found {len(nih_images)}")
+    from xcam.export.quantize import ensure_int8
+
+    images = load_batch(nih_images, 224)
+    calibration, held = images[:32], images[32:]
+    model = _unsaturated_densenet(pm, calibration)
+    probs = model.calibrate(model(torch.from_numpy(held))).detach().numpy()
+    assert ((probs > 0.05) & (probs < 0.95)).mean() > 0.7  # not saturated: the measurement means something
+    fp32 = export_model(model, tmp_path / "densenet-unsaturated.onnx").path
+    int8 = ensure_int8(fp32, calibration)
+    report = int8_deviation(fp32, int8, held, f"{len(held)} held-out NIH images")
+    print(json.dumps(report))
+    assert report["images"] == len(held) >= 16
+    assert report["p95_abs_probabilities"] <= 0.03, report
+    assert report["max_abs_probabilities"] <= 0.2, report
+    assert report["max_abs_logits"] <= 0.6, report
+    assert report["max_abs_cams"] <= 0.2, report  # measured 0.095
+
+
 def test_in_graph_op_norm_nan_thresholds_and_cams(tmp_path):
     torch.manual_seed(0)
     model = TinyGap().eval()
@@ -255,8 +314,7 @@ def test_cli_export_random_weights_with_int8(tiny_pm, tmp_path, nih_images):
     held, source = sample_batch(16, 32, "xrv", nih_images[0].parent, offset=4)
     assert report["int8_vs_fp32"]["source"] == source
     expected = int8_deviation(out, report["int8_path"], held)
-    for key in ("max_abs_probabilities", "mean_abs_probabilities"):
-        assert report["int8_vs_fp32"][key] == pytest.approx(expected[key], abs=1e-6), key
+    assert report["int8_vs_fp32"]["max_abs_probabilities"] == pytest.approx(expected["max_abs_probabilities"], abs=1e-6)
     assert json.loads(read_metadata(report["int8_path"])["quantization"])["type"] == "int8-static"
 
 

@@ -337,6 +337,9 @@ def read_result(folder: str | Path) -> StoredResult:
     findings = [read_box_json(p) for p in sorted(root.glob("*_PBBox.json"))]
     consolidated = [read_box_json(p) for p in sorted(root.glob("*_consolidated_bbox.json"))]
     meta = read_json(root / METADATA_NAME) if (root / METADATA_NAME).is_file() else {}
+    if not isinstance(meta, dict) or not isinstance(meta.get("models", {}), dict):
+        raise XcamError(f"{root / METADATA_NAME}: not an xcam metadata.json ('models' must map names to records)")
     size = meta.get("image_size") or [0, 0]
-    predictions = {name: dict(m.get("predictions", {})) for name, m in (meta.get("models") or {}).items()}
+    predictions = {name: dict(m.get("predictions", {})) for name, m in (meta.get("models") or {}).items()
+                   if isinstance(m, dict)}
     return StoredResult(root, meta.get("image"), int(size[0]), int(size[1]), findings, consolidated, predictions)
