@@ -154,8 +154,16 @@ def analyze_once(source: Path, folder: Path, out: Path, cwd: Path, log: Path) ->
     if len(files) != expected:
         raise RuntimeError(f"xcam analyze wrote {len(files)} analysis.json files for {expected} images (log: {log})")
     rate, span = steady_rate([f.stat().st_mtime for f in files])
-    return {"images": len(files), "seconds": round(span, 2), "process_wall_s": round(wall, 2),
-            "images_per_s": round(rate, 3)}
+    out_m = {"images": len(files), "seconds": round(span, 2), "process_wall_s": round(wall, 2),
+             "images_per_s": round(rate, 3)}
+    try:  # each version's own per-stage seconds (decode, model, CAM, masks/boxes, writing), per image
+        summary = json.loads((out / "analyze_summary.json").read_text())
+        out_m["stage_ms_per_image"] = {k: round(1000 * float(v) / len(files), 1)
+                                       for k, v in summary.get("seconds", {}).items()}
+        out_m["model_load_s"] = round(float(summary.get("model_load_seconds", 0.0)), 1)
+    except (OSError, ValueError, TypeError):
+        pass
+    return out_m
 
 
 class Worktree:
@@ -236,7 +244,10 @@ def box_difference(images: Sequence[Path]) -> dict[str, Any]:
                                 "p95": round(float(np.percentile(d, 95)), 2), "max": round(float(d.max()), 2)}
         if d.size else None,
         "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
+        "median_iou": round(float(np.median(ious)), 4) if ious else None,
         "min_iou": round(float(np.min(ious)), 4) if ious else None,
+        # the strategy picked another component (two of similar size): a different box, not a shifted one
+        "iou_below_0.5": int(sum(v < 0.5 for v in ious)),
         "mask_box_ms_per_image": {k: round(1000 * v / max(n, 1), 1) for k, v in seconds.items()},
     }
 
@@ -246,9 +257,15 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Images over seconds, summed over rounds (each round's own rate listed too)."""
     images = sum(r["images"] for r in runs)
     seconds = sum(r["images"] / r["images_per_s"] for r in runs if r["images_per_s"])
-    return {"images": images, "images_per_s": round(images / seconds, 3) if seconds else None,
-            "per_round_images_per_s": [r["images_per_s"] for r in runs],
-            "process_wall_s": [r["process_wall_s"] for r in runs]}
+    out: dict[str, Any] = {"images": images, "images_per_s": round(images / seconds, 3) if seconds else None,
+                           "per_round_images_per_s": [r["images_per_s"] for r in runs],
+                           "process_wall_s": [r["process_wall_s"] for r in runs]}
+    stages = [r["stage_ms_per_image"] for r in runs if r.get("stage_ms_per_image")]
+    if stages:  # weighted by images
+        weights = [r["images"] for r in runs if r.get("stage_ms_per_image")]
+        out["stage_ms_per_image"] = {k: round(sum(s.get(k, 0.0) * w for s, w in zip(stages, weights)) / sum(weights), 1)
+                                     for k in stages[0]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +378,7 @@ def table(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"CPU: {m['cpu_model']} ({m['usable_cores']} usable cores, OMP_NUM_THREADS={m['omp_num_threads']}); "
              f"{result['model']}; {result['images']} NIH 1024² inputs in {result['rounds']} interleaved round(s)",
-             "", f"  {'measurement':<28} {'images/s':>9} {'images':>7}  per round"]
+             "", f"  {'measurement':<34} {'images/s':>9} {'images':>7}  per round"]
     labels = {"score_plain": "score (plain)", "score_cams_boxes": "score --with-cams --boxes (all)",
               "analyze": "analyze (json, top-3)", "analyze_baseline": "analyze @ baseline"}
     for key, label in labels.items():
@@ -369,10 +386,12 @@ def table(result: dict[str, Any]) -> str:
         if a is None:
             continue
         if "error" in a:
-            lines.append(f"  {label:<28} {'failed':>9}  {a['error'][:80]}")
+            lines.append(f"  {label:<34} {'failed':>9}  {a['error'][:80]}")
             continue
         rounds = ", ".join(f"{v:.2f}" for v in a["per_round_images_per_s"])
-        lines.append(f"  {label:<28} {a['images_per_s']:>9.2f} {a['images']:>7}  {rounds}")
+        stages = a.get("stage_ms_per_image")
+        stage_text = ("  [ms/image: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()) + "]") if stages else ""
+        lines.append(f"  {label:<34} {a['images_per_s']:>9.2f} {a['images']:>7}  {rounds}{stage_text}")
     lines.append("")
     if "score_ratio" in result:
         r = result["score_ratio"]
@@ -383,11 +402,14 @@ def table(result: dict[str, Any]) -> str:
     b = result.get("box_difference")
     if b:
         d = b["corner_abs_delta_px"] or {}
-        lines.append(f"  boxes, work grid ({b['work_grid_px']} px) vs full resolution: {b['findings_compared']} findings "
-                     f"on {b['images']} images; |Δ corner| mean {d.get('mean')} px, median {d.get('median')}, "
-                     f"p95 {d.get('p95')}, max {d.get('max')}; mean IoU {b['mean_iou']} (min {b['min_iou']}); "
-                     f"box in one only: {b['box_in_one_only']}; masks+boxes "
-                     f"{b['mask_box_ms_per_image']['default']} vs {b['mask_box_ms_per_image']['exact']} ms/image")
+        lines += [
+            f"  boxes, work grid ({b['work_grid_px']} px) vs full resolution (--profile exact): "
+            f"{b['findings_compared']} findings on {b['images']} images ({b['image_size']})",
+            f"    |Δ corner| px: mean {d.get('mean')}, median {d.get('median')}, p95 {d.get('p95')}, max {d.get('max')}",
+            f"    IoU: mean {b['mean_iou']}, median {b['median_iou']}, min {b['min_iou']}; "
+            f"below 0.5 (another component picked): {b['iou_below_0.5']}; box in one only: {b['box_in_one_only']}",
+            f"    masks+boxes: {b['mask_box_ms_per_image']['default']} vs {b['mask_box_ms_per_image']['exact']} ms/image",
+        ]
     return "\n".join(lines)
 
 

@@ -268,7 +268,10 @@ def test_a_batch_equals_images_one_by_one(pm, tmp_path):
     for path, result in zip(paths, together):
         alone = chain.analyze(path)
         assert result.path == str(path)
-        assert [(f.pathology, f.box) for _, f in result.findings] == [(f.pathology, f.box) for _, f in alone.findings]
+        got = [(f.pathology, f.box.x, f.box.y, f.box.width, f.box.height) for _, f in result.findings if f.box]
+        want = [(f.pathology, f.box.x, f.box.y, f.box.width, f.box.height) for _, f in alone.findings if f.box]
+        assert got == want and len(got) == 2  # scores agree to float32 rounding only
+        assert [f.box.score for _, f in result.findings] == pytest.approx([f.box.score for _, f in alone.findings])
 
 
 def test_a_failing_plugin_fails_only_its_image(pm, hotspot, tmp_path):
@@ -377,3 +380,77 @@ def test_real_nih_image_with_ground_truth(pm, shared_data, tmp_path):
             assert 0 <= b.x and b.x2 <= 1024 and 0 <= b.y and b.y2 <= 1024
     paths = write_result(result, tmp_path)
     assert (tmp_path / Path(name).stem / "analysis.json") in paths
+
+
+# -- plugins that fail ---------------------------------------------------------------------------
+class Misbehaving:
+    """A CAM method that raises on some calls and breaks its contract on others."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.calls = 0
+
+    def compute(self, model, batch, class_indices, **options):
+        self.calls += 1
+        n, size = len(class_indices), batch.shape[-1]
+        if self.mode == "raise":
+            raise RuntimeError("flaky plugin failure")
+        if self.mode == "nan":
+            return np.full((n, size, size), np.nan, np.float32)
+        if self.mode == "range":
+            return np.full((n, size, size), 3.0, np.float32)
+        return np.zeros((n + 1, size, size), np.float32)  # "shape": one map too many
+
+    @hookimpl
+    def xcam_cam_methods(self):
+        yield CamMethodRegistration(name="bad", compute=self.compute)
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("raise", "cam method 'bad' (local): RuntimeError: flaky plugin failure"),
+    ("nan", "cam method 'bad' (local): broke the contract: NaN or infinite values in the maps"),
+    ("range", "broke the contract: values outside [0, 1] (min 3, max 3)"),
+    ("shape", "broke the contract: maps of shape (2, 224, 224) for 1 image(s)"),
+])
+def test_a_misbehaving_cam_plugin_fails_its_images_with_one_line(pm, image_path, mode, message):
+    plugin = Misbehaving(mode)
+    pm.load_object(plugin, "bad-test")
+    chain = build_chain(pm, "mobilenetv3", resolve_settings(pm, None, Overrides(method="bad", layers="model",
+                                                                                   aug_smooth=False)),
+                        ClassChoice(targets=("Mass",)), load=RANDOM)
+    (result,) = chain.run([chain.prepare(image_path)])
+    assert result.error is not None and message in result.error and "\n" not in result.error
+    with pytest.raises(XcamError, match="bad"):
+        chain.fail_fast = True
+        chain.run([chain.prepare(image_path)])
+
+
+def test_a_plugin_failing_on_every_image_stops_the_job(pm, tmp_path):
+    from xcam.chain.guard import PluginGaveUp
+
+    pm.load_object(Misbehaving("raise"), "bad-test")
+    paths = [write_image(tmp_path / f"{i}.png", seed=i) for i in range(5)]
+    chain = build_chain(pm, "mobilenetv3", resolve_settings(pm, None, Overrides(method="bad", layers="model")),
+                        ClassChoice(targets=("Mass",)), load=RANDOM, max_plugin_failures=3)
+    seen = []
+    with pytest.raises(PluginGaveUp, match=r"stopping: cam method 'bad' \(local\) failed on 3 images in a row"):
+        for result in chain.stream(paths, batch_size=1):
+            seen.append(result)
+    assert len(seen) == 2 and all(r.error for r in seen)
+
+
+def test_a_bbox_strategy_returning_boxes_outside_the_mask_is_caught(pm, image_path, hotspot):
+    from xcam.core.types import BboxStrategyRegistration, ScoredBox
+
+    class Outside:
+        @hookimpl
+        def xcam_bbox_strategies(self):
+            yield BboxStrategyRegistration(name="outside", boxes=lambda mask, cam=None, **_: [
+                ScoredBox(0, 0, mask.shape[1] + 50, 10)])
+
+    pm.load_object(Outside(), "outside-test", distribution="xcam-outside")
+    chain = build_chain(pm, "mobilenetv3", hot_settings(pm, strategy="outside"), ClassChoice(targets=("Mass",)),
+                        load=RANDOM)
+    (result,) = chain.run([chain.prepare(image_path)])
+    assert "bbox strategy 'outside' (xcam-outside): broke the contract: box (x=0, y=0, w=274, h=10) outside" \
+        in result.error

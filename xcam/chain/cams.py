@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from xcam.chain.guard import Guard
     from xcam.chain.models import LoadedModel
     from xcam.chain.settings import CamSettings
     from xcam.core.manager import XcamPluginManager
@@ -86,14 +87,29 @@ def plan(model: "LoadedModel", cam: "CamSettings", pm: "XcamPluginManager") -> C
 
 
 def in_graph_cams(model: "LoadedModel", batch: np.ndarray, aug_smooth: bool,
-                  first: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  first: tuple[np.ndarray, np.ndarray | None] | None = None, guard: "Guard | None" = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``[B, C]`` and every class's CAM ``[B, C, h, w]`` from the backend's forward
     pass; ``first`` is the plain pass when already run. With ``aug_smooth`` the mean of the six
-    de-augmented, normalized maps."""
+    de-augmented, normalized maps. The classifier's output is checked by ``guard``."""
     clf = model.classifier
-    probs, maps = first if first is not None else clf.predict_with_cams(batch)
-    if maps is None:  # pragma: no cover - guarded by plan()
-        raise RuntimeError(f"{clf.name}: the backend declared in-graph CAMs but returned none")
+
+    def forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if guard is None:
+            out = clf.predict_with_cams(x)
+        else:
+            out = guard.call("classifier", clf.name, clf.predict_with_cams, x)
+        probs, maps = out
+        if maps is None or np.ndim(maps) != 4 or len(maps) != len(x):
+            problem = f"declared in-graph CAMs but returned {None if maps is None else np.shape(maps)}"
+            if guard is None:
+                raise RuntimeError(f"{clf.name}: {problem}")
+            raise guard.failure("classifier", clf.name, f"broke the contract: {problem}")
+        if guard is not None:
+            guard.cams(clf.name, np.asarray(maps).reshape(-1, *np.shape(maps)[-2:]), len(x) * np.shape(maps)[1])
+        return probs, maps
+
+    probs, maps = first if first is not None and first[1] is not None else forward(batch)
     if not aug_smooth:
         return probs, maps
     total = np.zeros_like(maps, dtype=np.float64)
@@ -103,16 +119,21 @@ def in_graph_cams(model: "LoadedModel", batch: np.ndarray, aug_smooth: bool,
                 total += maps
                 continue
             x = batch[..., ::-1] if flip else batch
-            _, m = clf.predict_with_cams(np.ascontiguousarray(x * np.float32(factor), dtype=np.float32))
+            _, m = forward(np.ascontiguousarray(x * np.float32(factor), dtype=np.float32))
             total += m[..., ::-1] if flip else m
     return probs, normalize(total / (2 * len(AUG_FACTORS)))
 
 
 def plugin_cams(model: "LoadedModel", batch: np.ndarray, pairs: Sequence[tuple[int, int]], plan_: CamPlan,
-                pm: "XcamPluginManager", fuse: Callable[..., np.ndarray]) -> list[np.ndarray]:
-    """Maps ``[S, S]`` for each ``(image index, class index)`` pair, from the CAM-method plugin."""
+                pm: "XcamPluginManager", fuse: Callable[..., np.ndarray], guard: "Guard | None" = None,
+                fuse_name: str = "ensembler") -> list[np.ndarray]:
+    """Maps ``[S, S]`` for each ``(image index, class index)`` pair, from the CAM-method plugin
+    (its output checked by ``guard``: shape, finite, [0, 1])."""
     import torch
 
+    from xcam.chain.guard import Guard
+
+    guard = guard or Guard(pm)
     reg = pm.cam_method(plan_.method)
     net = model.autograd_model()
     device = next(net.parameters()).device
@@ -125,11 +146,14 @@ def plugin_cams(model: "LoadedModel", batch: np.ndarray, pairs: Sequence[tuple[i
                                        axis=0)).to(device)
         per_layer = []
         for layer in plan_.layers:
-            maps = reg.compute(net, x, classes, aug_smooth=plan_.aug_smooth, eigen_smooth=plan_.eigen_smooth,
-                               target_layer=layer, **plan_.options)
-            per_layer.append(normalize(np.asarray(maps, dtype=np.float32)))
+            maps = guard.call("cam method", reg.name, reg.compute, net, x, classes, aug_smooth=plan_.aug_smooth,
+                              eigen_smooth=plan_.eigen_smooth, target_layer=layer, **plan_.options)
+            per_layer.append(normalize(guard.cams(reg.name, maps, len(classes))))
         for j, c in enumerate(classes):
             layer_maps = [m[j] for m in per_layer]
-            fused = layer_maps[0] if len(layer_maps) == 1 else np.asarray(fuse(layer_maps, None), dtype=np.float32)
-            out[(b, c)] = fused
+            if len(layer_maps) == 1:
+                out[(b, c)] = layer_maps[0]
+                continue
+            fused = guard.call("ensembler", fuse_name, fuse, layer_maps, None)
+            out[(b, c)] = guard.combined(fuse_name, fused, layer_maps[0].shape)
     return [out[p] for p in pairs]

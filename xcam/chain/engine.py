@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import numpy as np
 
 from xcam.chain.cams import CamPlan, in_graph_cams, normalize, plan, plugin_cams
+from xcam.chain.guard import DEFAULT_MAX_CONSECUTIVE, FailureCounter, Guard, PluginFailure
 from xcam.chain.localize import Localizer, box_metrics, ground_truth_for
 from xcam.chain.models import LoadedModel, LoadOptions, ModelRef, load_models
 from xcam.chain.results import Consolidation, Finding, ImageResult, ModelResult, Timings
@@ -113,14 +114,19 @@ class Chain:
         load: LoadOptions | None = None,
         store: "WeightsStore | None" = None,
         keep_images: bool = False,
+        fail_fast: bool = False,
+        max_plugin_failures: int | None = DEFAULT_MAX_CONSECUTIVE,
     ) -> None:
         start = time.perf_counter()
         self.pm, self.settings = pm, settings
         self.choice = choice or ClassChoice()
         self.load_options = load or LoadOptions()
         self.keep_images = keep_images
+        self.fail_fast = fail_fast
+        self.guard = Guard(pm)
+        self.failures = FailureCounter(max_plugin_failures)
         self.models: list[LoadedModel] = load_models(pm, models, self.load_options, store)
-        self.localizer = Localizer(pm, settings)
+        self.localizer = Localizer(pm, settings, self.guard)
         self.ensembler = pm.ensembler(settings.ensembler)
         self._plans: dict[str, CamPlan] = {}
         self.check_targets()
@@ -211,19 +217,28 @@ class Chain:
 
     def run(self, items: Sequence[Prepared]) -> list[ImageResult]:
         """Results for ``items`` in order. A batch that fails is retried image by image, so an
-        exception fails only the images it happens on (their ``error`` names it)."""
+        exception (a plugin's included) fails only the images it happens on: their ``error`` names
+        the plugin, its distribution and the exception. With ``fail_fast`` the first exception
+        propagates; a plugin that fails on ``max_plugin_failures`` images in a row raises
+        :class:`~xcam.chain.guard.PluginGaveUp` (results returned before stay valid)."""
         ok = [item for item in items if item.error is None]
         results: dict[int, ImageResult] = {}
         if ok:
             try:
                 for item, result in zip(ok, self._run_batch(ok)):
                     results[id(item)] = result
+                    self.failures.ok()
             except Exception:  # noqa: BLE001 - retried one by one below
+                if self.fail_fast:
+                    raise
                 for item in ok:
                     try:
                         results[id(item)] = self._run_batch([item])[0]
+                        self.failures.ok()
                     except Exception as exc:  # noqa: BLE001 - this image's failure only
                         results[id(item)] = ImageResult(item.path, item.width, item.height, error=describe_error(exc))
+                        if isinstance(exc, PluginFailure):
+                            self.failures.failed(exc)
         out = []
         for item in items:
             if item.error is not None:
@@ -258,25 +273,28 @@ class Chain:
         batch = np.concatenate([item.inputs[shape][None] for item in items]).astype(np.float32, copy=False)
         wants_cams = self._may_select(items)
         cam_plan = self.plan(model) if wants_cams else None
+        guard = self.guard
         with timings.stage("model"):
             if cam_plan is not None and cam_plan.in_graph:
-                first = clf.predict_with_cams(batch)
-                probs = np.asarray(first[0], dtype=np.float32)
+                first = in_graph_cams(model, batch, False, None, guard)
+                probs = first[0]
             else:
                 first = None
-                probs = np.asarray(clf.predict(batch), dtype=np.float32)
+                probs = guard.call("classifier", clf.name, clf.predict, batch)
+            probs = np.asarray(guard.probabilities(clf.name, probs, len(items), len(clf.labels)), dtype=np.float32)
         picks = [self._select(model, probs[b], item.ground_truth) for b, item in enumerate(items)]
         cams: list[dict[int, np.ndarray]] = [{} for _ in items]
         pairs = [(b, c) for b, chosen in enumerate(picks) for c, _ in chosen]
         if pairs and cam_plan is not None:
             with timings.stage("cam"):
                 if cam_plan.in_graph:
-                    _, maps = in_graph_cams(model, batch, cam_plan.aug_smooth, first)
+                    _, maps = in_graph_cams(model, batch, cam_plan.aug_smooth, first, guard)
                     for b, c in pairs:
                         cams[b][c] = maps[b, c]
                 else:
-                    fuse = self.ensembler.combine_cams
-                    for (b, c), m in zip(pairs, plugin_cams(model, batch, pairs, cam_plan, self.pm, fuse)):
+                    reg = self.ensembler
+                    maps = plugin_cams(model, batch, pairs, cam_plan, self.pm, reg.combine_cams, guard, reg.name)
+                    for (b, c), m in zip(pairs, maps):
                         cams[b][c] = m
         return model, probs, cams, picks
 
@@ -356,9 +374,10 @@ class Chain:
         if len(result.results) < 2:
             return
         weights = self.settings.model_weights
-        reg = self.ensembler
+        reg, guard = self.ensembler, self.guard
         result.ensembler = reg.name
-        result.combined_predictions = reg.combine_probabilities([r.predictions for r in result.results], weights)
+        result.combined_predictions = dict(guard.call("ensembler", reg.name, reg.combine_probabilities,
+                                                      [r.predictions for r in result.results], weights))
         combined = {label_key(k): v for k, v in result.combined_predictions.items()}
         groups: dict[str, list[tuple[int, str, Finding]]] = {}
         for i, r in enumerate(result.results):
@@ -370,7 +389,8 @@ class Chain:
                 continue
             label = members[0][2].pathology
             w = [weights[i] for i, _, _ in members] if weights is not None else None
-            cam = normalize(np.asarray(reg.combine_cams([f.cam for _, _, f in members], w), dtype=np.float32))
+            merged = guard.call("ensembler", reg.name, reg.combine_cams, [f.cam for _, _, f in members], w)
+            cam = normalize(guard.combined(reg.name, merged, members[0][2].cam.shape))
             mask, boxes, peak = self.localizer.localize(cam, result.grid)
             gts = ground_truth_for(label, result.ground_truth)
             result.consolidated.append(Consolidation(
@@ -383,7 +403,8 @@ class Chain:
 def build_chain(pm: "XcamPluginManager", models: str | Sequence[str] | Sequence[ModelRef] | None,
                 settings: ChainSettings, choice: ClassChoice | None = None, *, weights: str | None = None,
                 load: LoadOptions | None = None, store: "WeightsStore | None" = None,
-                keep_images: bool = False) -> Chain:
+                keep_images: bool = False, fail_fast: bool = False,
+                max_plugin_failures: int | None = DEFAULT_MAX_CONSECUTIVE) -> Chain:
     """A :class:`Chain` from a ``--models`` value (default: plugins.toml's classifier) and a
     one-model ``--weights`` variant."""
     from xcam.chain.models import parse_models
@@ -394,7 +415,8 @@ def build_chain(pm: "XcamPluginManager", models: str | Sequence[str] | Sequence[
         refs = parse_models(models, pm.classifier(None).name, weights)  # type: ignore[arg-type]
     for ref in refs:
         pm.classifier(ref.name)  # unknown names fail before any model loads
-    return Chain(pm, refs, settings, choice, load=load, store=store, keep_images=keep_images)
+    return Chain(pm, refs, settings, choice, load=load, store=store, keep_images=keep_images, fail_fast=fail_fast,
+                 max_plugin_failures=max_plugin_failures)
 
 
 def with_model_weights(settings: ChainSettings, weights: Sequence[float] | None, n_models: int) -> ChainSettings:

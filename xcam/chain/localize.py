@@ -16,6 +16,7 @@ import numpy as np
 from xcam.core.labels import label_key
 
 if TYPE_CHECKING:  # pragma: no cover
+    from xcam.chain.guard import Guard
     from xcam.chain.settings import ChainSettings
     from xcam.core.manager import XcamPluginManager
     from xcam.core.preprocess import WorkGrid
@@ -27,20 +28,27 @@ Box = tuple[float, float, float, float]
 class Localizer:
     """The mask extractor and bbox strategy of a run, looked up once, with their options."""
 
-    def __init__(self, pm: "XcamPluginManager", settings: "ChainSettings") -> None:
+    def __init__(self, pm: "XcamPluginManager", settings: "ChainSettings", guard: "Guard | None" = None) -> None:
+        from xcam.chain.guard import Guard
         from xcam.chain.settings import plugin_options
 
+        self.guard = guard or Guard(pm)
         self.extractor = pm.mask_extractor(settings.mask)
         self.strategy = pm.bbox_strategy(settings.strategy)
         self.mask_options = plugin_options(pm, self.extractor.name, settings.mask_options)
         self.strategy_options = plugin_options(pm, self.strategy.name, settings.strategy_options)
 
     def mask(self, cam: np.ndarray) -> np.ndarray:
-        return np.asarray(self.extractor.extract(cam, **self.mask_options), dtype=bool)
+        """The extractor's mask of ``cam`` (checked: a 2-D array of the CAM's shape)."""
+        name = self.extractor.name
+        mask = self.guard.call("mask extractor", name, self.extractor.extract, cam, **self.mask_options)
+        return self.guard.mask(name, mask, cam.shape)
 
     def boxes(self, mask: np.ndarray, cam: np.ndarray) -> list["ScoredBox"]:
-        """The strategy's boxes in the mask's grid, best score first."""
-        return sorted(self.strategy.boxes(mask, cam=cam, **self.strategy_options), key=lambda b: -b.score)
+        """The strategy's boxes in the mask's grid, best score first (checked: inside the grid)."""
+        name = self.strategy.name
+        boxes = self.guard.call("bbox strategy", name, self.strategy.boxes, mask, cam=cam, **self.strategy_options)
+        return sorted(self.guard.boxes(name, boxes, mask.shape), key=lambda b: -b.score)
 
     def localize(self, cam: np.ndarray, grid: "WorkGrid") -> tuple[np.ndarray, list["ScoredBox"], tuple[float, float] | None]:
         """``(mask, boxes in original pixels, peak (x, y) in original pixels)`` of a work-grid CAM."""

@@ -1,0 +1,185 @@
+"""Plugins are other people's code: every call the chain makes into a plugin goes through here.
+
+An exception raised inside a plugin (classifier forward, CAM method, mask extractor, bbox
+strategy, ensembler) becomes a :class:`PluginFailure` naming the plugin, the distribution it came
+from and the exception, in one line; a result that breaks the plugin contract (wrong shape, NaN or
+infinity, a CAM outside [0, 1], a mask of the wrong size, a box outside the grid) becomes one too,
+naming the contract. The chain turns a failure into an error on the images it was computing, never
+a crash later on. :class:`FailureCounter` stops a job early when one plugin fails on every call.
+The same checks are the contract :mod:`xcam.testing` offers plugin authors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from xcam.core.errors import XcamError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xcam.core.manager import XcamPluginManager
+    from xcam.core.types import ScoredBox
+
+T = TypeVar("T")
+
+KINDS: dict[str, str] = {
+    "classifier": "classifiers",
+    "cam method": "cam_methods",
+    "mask extractor": "mask_extractors",
+    "bbox strategy": "bbox_strategies",
+    "ensembler": "ensemblers",
+}
+"""A plugin kind as users read it → the hook whose registrations name it."""
+
+DEFAULT_MAX_CONSECUTIVE = 20
+"""A plugin that fails on this many images in a row stops the job (``--max-plugin-failures``)."""
+
+
+class PluginFailure(XcamError):
+    """A plugin raised, or returned something that breaks its contract."""
+
+    def __init__(self, kind: str, name: str, source: str, problem: str) -> None:
+        self.kind, self.name, self.source, self.problem = kind, name, source, problem
+        super().__init__(f"{kind} {name!r} ({source}): {problem}")
+
+
+class PluginGaveUp(XcamError):
+    """One plugin failed on too many images in a row: the job stops (what was written stays valid)."""
+
+
+def provenance(pm: "XcamPluginManager", kind: str, name: str) -> str:
+    """``"distribution version"`` of the plugin that registered ``name`` (``"xcam"`` for built-ins)."""
+    hook = KINDS[kind]
+    for info in pm.infos.values():
+        if name in info.registrations.get(hook, ()):
+            if info.source == "builtin":
+                return "built-in"
+            return info.distribution if info.version in ("", "?") else f"{info.distribution} {info.version}"
+    return "unknown source"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Guard:
+    """Calls into plugins for one chain: exceptions and contract breaks become :class:`PluginFailure`."""
+
+    def __init__(self, pm: "XcamPluginManager") -> None:
+        self.pm = pm
+        self._sources: dict[tuple[str, str], str] = {}
+
+    def failure(self, kind: str, name: str, problem: str) -> PluginFailure:
+        key = (kind, name)
+        if key not in self._sources:
+            self._sources[key] = provenance(self.pm, kind, name)
+        return PluginFailure(kind, name, self._sources[key], problem)
+
+    def call(self, kind: str, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``; any exception (not a :class:`PluginFailure`) becomes one."""
+        try:
+            return fn(*args, **kwargs)
+        except PluginFailure:
+            raise
+        except MemoryError as exc:
+            raise self.failure(kind, name, "out of memory") from exc
+        except Exception as exc:  # noqa: BLE001 - other people's code: anything may come out
+            raise self.failure(kind, name, _one_line(exc)) from exc
+
+    # -- contracts ------------------------------------------------------------------------------
+    def cams(self, name: str, maps: Any, count: int) -> np.ndarray:
+        """A CAM method's output: ``[count, h, w]``, finite, in [0, 1] (a little rounding allowed)."""
+        problem = cam_problem(maps, count)
+        if problem:
+            raise self.failure("cam method", name, f"broke the contract: {problem}")
+        return np.asarray(maps, dtype=np.float32)
+
+    def combined(self, name: str, cam: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """An ensembler's combined CAM: the inputs' shape, finite, in [0, 1]."""
+        problem = cam_problem(np.asarray(cam)[None] if np.ndim(cam) == 2 else cam, 1)
+        if not problem and tuple(np.shape(cam)) != tuple(shape):
+            problem = f"combined CAM of shape {tuple(np.shape(cam))} for inputs of shape {tuple(shape)}"
+        if problem:
+            raise self.failure("ensembler", name, f"broke the contract: {problem}")
+        return np.asarray(cam, dtype=np.float32)
+
+    def mask(self, name: str, mask: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """A mask extractor's output: a 2-D array of the CAM's shape."""
+        a = np.asarray(mask)
+        if a.shape != tuple(shape):
+            raise self.failure("mask extractor", name,
+                               f"broke the contract: mask of shape {a.shape} for a CAM of shape {tuple(shape)}")
+        return a.astype(bool, copy=False)
+
+    def boxes(self, name: str, boxes: Any, shape: tuple[int, int]) -> list["ScoredBox"]:
+        """A bbox strategy's output: boxes with finite coordinates inside the ``(rows, cols)`` grid."""
+        from xcam.core.types import ScoredBox
+
+        try:
+            items = list(boxes)
+        except TypeError:
+            raise self.failure("bbox strategy", name,
+                               f"broke the contract: returned {type(boxes).__name__}, not a list of boxes") from None
+        rows, cols = shape
+        for b in items:
+            if not isinstance(b, ScoredBox):
+                raise self.failure("bbox strategy", name,
+                                   f"broke the contract: returned {type(b).__name__}, not ScoredBox")
+            values = (b.x, b.y, b.width, b.height, b.score)
+            if not all(np.isfinite(values)):
+                raise self.failure("bbox strategy", name, f"broke the contract: non-finite box {values}")
+            if b.x < -1e-6 or b.y < -1e-6 or b.width < 0 or b.height < 0 or b.x2 > cols + 1e-6 or b.y2 > rows + 1e-6:
+                raise self.failure("bbox strategy", name, f"broke the contract: box (x={b.x:g}, y={b.y:g}, "
+                                   f"w={b.width:g}, h={b.height:g}) outside the {cols}x{rows} mask")
+        return items
+
+    def probabilities(self, name: str, probs: Any, count: int, classes: int) -> np.ndarray:
+        """A classifier's output: ``[count, classes]`` finite values."""
+        a = np.asarray(probs)
+        if a.shape != (count, classes):
+            raise self.failure("classifier", name,
+                               f"broke the contract: output of shape {a.shape} for {count} images and {classes} labels")
+        if not np.isfinite(a).all():
+            raise self.failure("classifier", name, "broke the contract: NaN or infinite output")
+        return a
+
+
+def cam_problem(maps: Any, count: int, tolerance: float = 1e-3) -> str | None:
+    """What is wrong with CAMs that should be ``[count, h, w]``, finite and in [0, 1]; ``None`` if nothing."""
+    try:
+        a = np.asarray(maps, dtype=np.float64)
+    except (TypeError, ValueError):
+        return f"returned {type(maps).__name__}, not an array"
+    if a.ndim != 3 or a.shape[0] != count or a.shape[1] < 1 or a.shape[2] < 1:
+        return f"maps of shape {a.shape} for {count} image(s) (expected [{count}, h, w])"
+    if not np.isfinite(a).all():
+        return "NaN or infinite values in the maps"
+    if a.size and (a.min() < -tolerance or a.max() > 1 + tolerance):
+        return f"values outside [0, 1] (min {a.min():.3g}, max {a.max():.3g})"
+    return None
+
+
+class FailureCounter:
+    """Consecutive images failed by the same plugin; stops the job after ``limit`` in a row."""
+
+    def __init__(self, limit: int | None = DEFAULT_MAX_CONSECUTIVE) -> None:
+        self.limit = limit
+        self.last: PluginFailure | None = None
+        self.streak = 0
+
+    def ok(self) -> None:
+        self.last, self.streak = None, 0
+
+    def failed(self, failure: PluginFailure) -> None:
+        same = self.last is not None and (self.last.kind, self.last.name) == (failure.kind, failure.name)
+        self.streak = self.streak + 1 if same else 1
+        self.last = failure
+        if self.limit and self.streak >= self.limit:
+            raise PluginGaveUp(f"stopping: {failure.kind} {failure.name!r} ({failure.source}) failed on "
+                               f"{self.streak} images in a row (last: {failure.problem})")
+
+
+def plugin_names(failures: Sequence[PluginFailure]) -> list[str]:
+    return sorted({f"{f.kind} {f.name}" for f in failures})
