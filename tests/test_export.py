@@ -179,15 +179,19 @@ def _unsaturated_densenet(pm, images: np.ndarray) -> XCamModel:
 
 def test_int8_parity_on_real_images(pm, nih_images, tmp_path):
     """Static INT8 (the default configuration) against FP32 on real X-rays it was not calibrated
-    on: 32 calibration images (the CLI's default count), the other 27 held out.
+    on: 32 calibration images (the CLI's default count), the other 27 held out; |Δp| over every
+    (image, valid class) pair, 27 × 14.
 
-    Measured on a 2-core AMD EPYC (AVX-512 VNNI), onnxruntime 1.32, torch 2.14: |Δp| p95 0.024,
-    max 0.115, mean 0.006; |Δlogit| max 0.38 (logit s.d. 2); normalized CAMs max |Δ| 0.095.
-    Quantizing every op (presets ``qdq-s8s8-all`` or ``op_types=()``) measured p95 0.07, max 0.45,
-    |Δlogit| max 0.67-0.73, so the bounds below (≈ 1.3-2× the default's values) separate them.
-    The max bound: one (image, class) of 486 may sit where op_norm is steepest (slope 1/(2t) just
-    below a small threshold t); 0.2 keeps such an outlier from moving a clear negative (≤ 0.3) past
-    the 0.5 decision line.
+    Measured (2-core AMD EPYC with AVX-512 VNNI, onnxruntime 1.32, torch 2.14; the same with the
+    dynamo and the legacy exporter): |Δp| p95 0.037, max 0.086, mean 0.010; |Δlogit| max 0.49 for
+    a logit s.d. of 2. Other random head mixtures (generator seeds 2-5) gave p95 0.021-0.028, max
+    0.07-0.08, so 0.03 at p95 is not met by every head: bounds with margin over this head's values.
+    Quantizing every op instead of convolutions only (presets ``qdq-s8s8-all``, ``op_types=()``)
+    measured p95 0.09, max 0.34, mean 0.023 on this model: each bound below fails for them.
+    The max bound (0.2): an outlier (image, class) sits where op_norm is steepest (slope 1/(2t)
+    just below a small threshold t); 0.2 keeps it from carrying a clear negative (≤ 0.3) past 0.5.
+    Normalized CAMs are not bounded: a class whose ReLU'd map is nearly empty normalizes noise, so
+    their max |Δ| jumps between 0.2 and 1.0 from one head draw to the next.
     """
     if len(nih_images) < 48:
         pytest.skip(f"needs at least 48 real images (32 to calibrate, the rest held out); found {len(nih_images)}")
@@ -196,17 +200,17 @@ def test_int8_parity_on_real_images(pm, nih_images, tmp_path):
     images = load_batch(nih_images, 224)
     calibration, held = images[:32], images[32:]
     model = _unsaturated_densenet(pm, calibration)
-    probs = model.calibrate(model(torch.from_numpy(held))).detach().numpy()
+    with torch.no_grad():
+        probs = model.calibrate(model(torch.from_numpy(held))).numpy()[:, model.valid_indices]
     assert ((probs > 0.05) & (probs < 0.95)).mean() > 0.7  # not saturated: the measurement means something
-    fp32 = export_model(model, tmp_path / "densenet-unsaturated.onnx").path
+    fp32 = export_model(model, tmp_path / "densenet-unsaturated.onnx", exporter="legacy").path  # legacy: faster
     int8 = ensure_int8(fp32, calibration)
     report = int8_deviation(fp32, int8, held, f"{len(held)} held-out NIH images")
-    print(json.dumps(report))
     assert report["images"] == len(held) >= 16
-    assert report["p95_abs_probabilities"] <= 0.03, report
-    assert report["max_abs_probabilities"] <= 0.2, report
-    assert report["max_abs_logits"] <= 0.6, report
-    assert report["max_abs_cams"] <= 0.2, report  # measured 0.095
+    assert report["p95_abs_probabilities"] <= 0.05, report  # measured 0.037
+    assert report["max_abs_probabilities"] <= 0.2, report  # measured 0.086
+    assert report["mean_abs_probabilities"] <= 0.015, report  # measured 0.010
+    assert report["max_abs_logits"] <= 1.0, report  # measured 0.49: half the logits' s.d. at most
 
 
 def test_in_graph_op_norm_nan_thresholds_and_cams(tmp_path):

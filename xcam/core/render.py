@@ -150,8 +150,8 @@ def add_legend(image: Any, entries: Sequence[tuple[Color, str]]) -> "np.ndarray"
     if not entries:
         return out
     side = max(out.shape[:2])
-    font = max(0.35, side / 1400)
-    weight = max(1, round(side / 700))
+    font = max(0.3, side / 1600)
+    weight = max(1, round(side / 800))
     sizes = [cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, weight) for _, text in entries]
     line_h = max(h + b for (_, h), b in sizes) + 6
     swatch = max(12, line_h)

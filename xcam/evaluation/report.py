@@ -110,26 +110,34 @@ def plot_accuracy(summary: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def case_image(record: Any, image: Any, alpha: float = 0.4) -> Any:
+def case_legend() -> list[tuple[tuple[int, int, int], str]]:
+    from xcam.core.render import PREDICTION, TRUTH
+
+    return [(PREDICTION, "xcam box"), (TRUTH, "ground truth")]
+
+
+def case_image(record: Any, image: Any, alpha: float = 0.4, legend: bool = True) -> Any:
     """A record's CAM overlaid on its image with the truth and the predicted box (and a legend)."""
-    from xcam.core.render import PREDICTION, TRUTH, draw_annotated, overlay
+    from xcam.core.render import PREDICTION, TRUTH, add_legend, draw_boxes, overlay
 
     cam = record.grid.to_original(record.cam.astype("float32"))
     items = [(record.gt, TRUTH, record.label)]
     if record.preds:
         items.append((record.preds[0][:4], PREDICTION, f"IoU {record.iou:.2f}"))
-    legend = [(PREDICTION, "xcam box"), (TRUTH, "ground truth")]
-    return draw_annotated(overlay(image.to_uint8(), cam, alpha), items, legend)
+    art = draw_boxes(overlay(image.to_uint8(), cam, alpha), items)
+    return add_legend(art, case_legend()) if legend else art
 
 
 def _tile(record: Any, image: Any, size: int = 256) -> Any:
     import cv2
 
-    art = case_image(record, image, 0.35)
+    from xcam.core.render import add_legend
+
+    art = case_image(record, image, 0.35, legend=False)
     art = cv2.resize(art, (size, round(size * image.height / image.width)), interpolation=cv2.INTER_AREA)
     text = f"{record.label[:14]} IoU {record.iou:.2f}"
     cv2.putText(art, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    return art
+    return add_legend(art, case_legend())  # drawn at the tile's size, so it stays small
 
 
 def montage(records: Sequence[Any], paths: Mapping[str, Path], out: Path, k: int = 4) -> Path | None:
