@@ -32,6 +32,7 @@ def test_fast_demo_trains_evaluates_and_reuses_its_checkpoint(tmp_path: Path):
     summary = json.loads((out / "evaluation" / "results.json").read_text())["summary"]
     assert summary["mean"]["auc"] > 0.6  # it learned something (chance: 0.5)
     assert "look at:" in first.stdout and "centre" in first.stdout
+    assert "s budget)" in first.stdout and "time budget 40 s" in first.stderr  # trained on a time budget
 
     checkpoints = list(home.glob("demo/*/run/best.pt"))
     assert len(checkpoints) == 1

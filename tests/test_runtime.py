@@ -1,5 +1,6 @@
-"""ONNX Runtime backend: the Classifier protocol, parity with the torch backend, all-class CAMs,
-the pipeline's fast-path hook, ``auto`` fallback, INT8 loading and session options."""
+"""ONNX Runtime backend: the Classifier protocol and its declared capabilities, parity with the
+torch backend, all-class CAMs from one pass, the chain routing CAMs by what the backend declares,
+``auto`` fallback, INT8 loading and session options."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 
 from xcam.core.errors import XcamError
 from xcam.core.inference import TorchClassifier
-from xcam.export.backends import load_classifier
 from xcam.core.weights import WeightsStore
+from xcam.export.backends import load_classifier
 from xcam.export import onnx_export
 from xcam.export.runtime import OnnxClassifier
 from xcam.export.samples import load_batch, synthetic_batch
@@ -38,11 +39,17 @@ def real_batch(nih_images):
 
 def test_satisfies_the_classifier_protocol(onnx_clf, torch_clf):
     assert isinstance(onnx_clf, OnnxClassifier)
-    for attr in ("name", "variant", "labels", "valid_indices", "input_size", "preprocessing", "backend"):
-        assert getattr(onnx_clf, attr) == getattr(torch_clf, attr) or attr == "backend", attr
+    for attr in ("name", "variant", "labels", "valid_indices", "input_size", "preprocessing", "in_graph_cams",
+                 "cam_layer", "localization_layers"):
+        assert getattr(onnx_clf, attr) == getattr(torch_clf, attr), attr
     assert onnx_clf.backend == "onnx:CPUExecutionProvider"
     assert onnx_clf.providers == ["CPUExecutionProvider"]
     assert onnx_clf.cam_layer == "head_relu"
+    # declared, not probed: ONNX Runtime has no autograd; both serve gradcam from the forward pass
+    assert onnx_clf.autograd_model is None and torch_clf.autograd_model is torch_clf.model
+    assert onnx_clf.in_graph_cams == frozenset({"gradcam"})
+    for name in ("cam_fast_path", "clear_cam_cache"):
+        assert not hasattr(onnx_clf, name), name
 
 
 def test_probabilities_and_logits_match_torch_on_real_images(onnx_clf, torch_clf, real_batch):
@@ -53,7 +60,7 @@ def test_probabilities_and_logits_match_torch_on_real_images(onnx_clf, torch_clf
     np.testing.assert_allclose(onnx_clf.calibrate(onnx_clf.logits(real_batch)), probs, atol=1e-5)
 
 
-def test_all_class_cams_match_torch_einsum_on_real_images(onnx_clf, torch_clf, real_batch):
+def test_all_class_cams_match_torch_on_real_images(onnx_clf, torch_clf, real_batch):
     from xcam.core.cam_math import fast_gradcam_torch
 
     cams = onnx_clf.all_class_cams(real_batch)
@@ -62,36 +69,53 @@ def test_all_class_cams_match_torch_einsum_on_real_images(onnx_clf, torch_clf, r
     assert np.abs(cams - ref).max() < 1e-4
     probs, cams2 = onnx_clf.predict_with_cams(real_batch)
     np.testing.assert_allclose(cams2, cams, atol=1e-6)
-    assert probs.shape == (3, 18)
+    torch_probs, torch_cams = torch_clf.predict_with_cams(real_batch)
+    np.testing.assert_allclose(probs, torch_probs, atol=1e-4)
+    assert np.abs(cams2 - torch_cams).max() < 1e-4
 
 
-def test_pipeline_compute_cams_uses_the_fast_path(pm, onnx_clf, torch_clf, real_batch, monkeypatch):
-    """Through xcam.core.pipeline.compute_cams: the ONNX fast path equals the torch gradcam plugin
-    (pytorch-grad-cam); gradcam++ falls back to the torch model."""
-    from xcam.core.pipeline import compute_cams
-
-    classes = [0, 7, 10]
-    fast = compute_cams(onnx_clf, real_batch, classes, "gradcam", pm=pm, cam_classifier=torch_clf)
-    ref = compute_cams(torch_clf, real_batch, classes, "gradcam", pm=pm, truncate_backward=False)
-    assert fast.shape == (3, 224, 224)
-    assert np.abs(fast - ref).max() < 1e-4
-    assert onnx_clf.cam_fast_path(real_batch, classes, "gradcam++", {}) is None
-    plus = compute_cams(onnx_clf, real_batch[:1], [0], "gradcam++", pm=pm, cam_classifier=torch_clf)
-    assert plus.shape == (1, 224, 224)
-
-
-def test_cams_come_from_the_predict_pass_and_are_deduplicated(onnx_clf, real_batch, monkeypatch):
-    onnx_clf.clear_cam_cache()
-    x = real_batch[:1]
-    onnx_clf.predict(x)
+def test_predict_with_cams_is_one_inference(onnx_clf, real_batch, monkeypatch):
     calls = []
     original = onnx_clf.run
-    monkeypatch.setattr(onnx_clf, "run", lambda b, outputs=None: calls.append(len(b)) or original(b, outputs))
-    maps = onnx_clf.cam_fast_path(np.repeat(x, 3, axis=0), [0, 1, 2], "gradcam", {})
-    assert maps.shape == (3, 7, 7) and calls == []  # served from the predict() pass
-    onnx_clf.clear_cam_cache()
-    onnx_clf.cam_fast_path(np.repeat(x, 3, axis=0), [0, 1, 2], "gradcam", {})
-    assert calls == [1]  # three identical images: one inference
+    monkeypatch.setattr(onnx_clf, "run", lambda b, outputs=None: calls.append((len(b), outputs)) or original(b, outputs))
+    probs, cams = onnx_clf.predict_with_cams(real_batch[:2])
+    assert calls == [(2, ["probabilities", "cams"])]
+    calls.clear()
+    onnx_clf.predict(real_batch[:2])
+    assert calls == [(2, ["probabilities"])]  # classification alone does not run the CAM einsum
+
+
+def _chain(pm, store, backend, method, targets):
+    from xcam.chain.engine import build_chain
+    from xcam.chain.models import LoadOptions
+    from xcam.chain.settings import ClassChoice, Overrides, resolve_settings
+
+    settings = resolve_settings(pm, "fast", Overrides(method=method, layers="model", aug_smooth=False))
+    return build_chain(pm, "densenet121", settings, ClassChoice(targets=targets, ground_truth=False),
+                       load=LoadOptions(backend=backend), store=store)
+
+
+def test_chain_serves_gradcam_in_graph_on_onnx_and_matches_torch(pm, store, nih_images):
+    """Through the chain: gradcam comes from the ONNX pass (no PyTorch model is built) and equals
+    the torch backend's; gradcam++ is not declared in-graph, so the chain builds the PyTorch model."""
+    targets = ("Atelectasis", "Effusion", "Mass")
+    onnx_chain = _chain(pm, store, "onnx", "gradcam", targets)
+    model = onnx_chain.models[0]
+    assert model.classifier.backend.startswith("onnx:")
+    result = onnx_chain.analyze(nih_images[0])
+    assert result.ok, result.error
+    assert result.results[0].method == "gradcam (in-graph)" and not model.autograd_loaded
+    ref = _chain(pm, store, "torch", "gradcam", targets).analyze(nih_images[0])
+    got = {f.pathology: f for f in result.results[0].findings}
+    want = {f.pathology: f for f in ref.results[0].findings}
+    assert set(got) == set(want) == set(targets)
+    for label in targets:
+        assert np.abs(got[label].cam - want[label].cam).max() < 1e-3, label
+        assert got[label].probability == pytest.approx(want[label].probability, abs=1e-4)
+    plus_chain = _chain(pm, store, "onnx", "gradcam++", targets[:1])
+    plus = plus_chain.analyze(nih_images[0])
+    assert plus.ok and plus.results[0].method == "gradcam++"
+    assert plus_chain.models[0].autograd_loaded and plus.results[0].findings[0].cam.max() == pytest.approx(1.0)
 
 
 def test_auto_backend_prefers_onnx(pm, store):

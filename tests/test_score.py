@@ -420,13 +420,48 @@ def test_a_chain_failure_is_an_error_row_and_the_job_goes_on(tmp_path: Path, sma
     assert result.exit_code == 1, result.output
     assert "ok 2, failed 1" in result.output
     rows = {Path(p).name: r for p, r in by_path(list(read_rows(out))).items()}
-    assert rows["img0001.png"]["status"] == "error: RuntimeError: cannot explain a flat image"
+    status = rows["img0001.png"]["status"]  # one line naming the plugin and its exception
+    assert status.startswith("error: ") and "failsonflat" in status, status
+    assert "RuntimeError: cannot explain a flat image" in status and "\n" not in status
     assert rows["img0001.png"]["boxes"] is None and rows["img0001.png"]["mobilenetv3:Mass"] is None
     for name in ("img0000.png", "img0002.png"):  # the rest of the batch, retried one by one, is scored
         assert rows[name]["status"] == "ok" and len(json.loads(rows[name]["boxes"])) == 14
     again = invoke(small_config, "--input", str(folder), "--output", str(out), *MODEL, "--batch-size", "3",
                    "--boxes", "--cam-classes", "all", "--cam-method", "failsonflat", pm=pm)
     assert "scored 0 images" in again.output and "skipped 3" in again.output  # resume: error rows are done
+
+
+def test_a_plugin_failing_in_a_row_stops_the_job_and_a_rerun_resumes(tmp_path: Path, small_config: Path) -> None:
+    from xcam.chain.guard import PluginGaveUp
+    from xcam.core.config import load_config
+    from xcam.core.hookspecs import hookimpl
+    from xcam.core.manager import get_plugin_manager
+    from xcam.core.types import CamMethodRegistration
+
+    class Plugin:
+        @hookimpl
+        def xcam_cam_methods(self):
+            yield CamMethodRegistration(name="failsonflat", compute=FailsOnFlat.compute, needs_gradients=False)
+
+    pm = get_plugin_manager(load_config(small_config))
+    pm.load_object(Plugin(), "failsonflat-test")
+    folder = tmp_path / "imgs"
+    write_pngs(folder, 5, shape=(48, 48))
+    for i in (1, 2, 3):  # three flat images in a row
+        cv2.imwrite(str(folder / f"img{i:04d}.png"), np.full((48, 48), 200, np.uint8))
+    out = tmp_path / "r.csv"
+    args = ("--input", str(folder), "--output", str(out), *MODEL, "--batch-size", "1", "--boxes",
+            "--cam-classes", "all", "--cam-method", "failsonflat")
+    stopped = invoke(small_config, *args, "--max-plugin-failures", "2", pm=pm)
+    assert isinstance(stopped.exception, PluginGaveUp), stopped.output
+    assert "failsonflat" in str(stopped.exception) and "2 images in a row" in str(stopped.exception)
+    written = {Path(r["path"]).name: r["status"] for r in read_rows(out)}  # what was written stays
+    assert written["img0000.png"] == "ok" and written["img0001.png"].startswith("error: ")
+    assert "img0002.png" not in written and "img0004.png" not in written
+    resumed = invoke(small_config, *args, "--max-plugin-failures", "0", pm=pm)  # 0: never stop
+    assert resumed.exit_code == 1 and "ok 2, failed 3" in resumed.output, resumed.output
+    rows = {Path(p).name: r["status"] for p, r in by_path(list(read_rows(out))).items()}
+    assert len(rows) == 5 and [rows[f"img{i:04d}.png"] == "ok" for i in range(5)] == [True, False, False, False, True]
 
 
 def test_profile_and_plugin_names_fail_in_one_line(tmp_path: Path, small_config: Path, mixed_folder: Path) -> None:

@@ -220,3 +220,35 @@ def test_lse_head_grad_cam_is_the_class_score_map():
     expected = torch.nn.functional.interpolate(score[None, None], size=(64, 64), mode="bilinear")[0, 0].numpy()
     expected = (expected - expected.min()) / (expected.max() - expected.min() + 1e-7)
     assert np.corrcoef(expected.ravel(), grayscale[0].ravel())[0, 1] > 0.99
+
+
+def test_epoch_plan_follows_the_budget():
+    from xcam.train.loop import EpochPlan, lr_lambda
+
+    plan = EpochPlan(50, budget_s=100.0)
+    assert plan.after_first_epoch(30.0) == 3  # floor(100 / 30)
+    assert plan.another_fits(elapsed=30.0, per_epoch=30.0, done=1)
+    assert not plan.another_fits(elapsed=90.0, per_epoch=30.0, done=2)  # the next epoch would end at 120 s
+    assert not plan.another_fits(elapsed=0.0, per_epoch=1.0, done=3)  # planned epochs done
+    assert EpochPlan(5, budget_s=1000.0).after_first_epoch(10.0) == 5  # never more than --epochs
+    assert EpochPlan(5, budget_s=1.0).after_first_epoch(10.0) == 1  # at least one
+    # the LR schedule is stretched to the plan: it reaches its floor at the planned end
+    plan = EpochPlan(50, budget_s=100.0)
+    schedule = lr_lambda("cosine", 10, plan)
+    plan.after_first_epoch(30.0)
+    assert schedule(30) == pytest.approx(0.02, abs=1e-6) and schedule(10) > 0.9
+
+
+def test_training_stops_within_its_budget(phantoms: Path, tmp_path: Path):
+    from xcam.train import checkpoint
+    from xcam.train.loop import train
+
+    messages: list[str] = []
+    result = train(_config(phantoms, tmp_path / "budget", epochs=40, budget_s=1e-3), log=messages.append)
+    first = result.history[0]["seconds"]
+    assert result.planned_epochs == 1 == result.last_epoch  # a budget shorter than one epoch: one epoch
+    assert any("time budget" in m and f"{first:.1f} s per epoch" in m for m in messages)
+    saved = checkpoint.load(tmp_path / "budget" / "last.pt")
+    assert saved["planned_epochs"] == 1
+    again = train(_config(phantoms, tmp_path / "budget", epochs=40, budget_s=1e-3), log=messages.append)
+    assert again.last_epoch == 1  # resuming respects the plan instead of training 39 more epochs

@@ -148,3 +148,16 @@ def settings_from_options(profile: str | None, method: str | None, cam_layers: s
         mask_options=parse_key_values(mask_option, "--mask-option"), strategy=strategy,
         strategy_options=parse_key_values(strategy_option, "--strategy-option"), **more,
     )
+
+
+def parse_duration(text: str, what: str) -> float:
+    """``"120"``, ``"120s"``, ``"2m"``, ``"1.5h"`` → seconds; a one-line error otherwise."""
+    import re
+
+    from xcam.core.errors import UsageError
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(s|sec|m|min|h)?\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise UsageError(f"{what} {text!r}: expected a duration such as 120s, 10m or 1.5h")
+    factor = {"m": 60, "min": 60, "h": 3600}.get(match.group(2) or "s", 1)
+    return float(match.group(1)) * factor

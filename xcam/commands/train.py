@@ -16,7 +16,10 @@ def split_labels(text: str | None) -> list[str] | None:
 @click.command("train")
 @click.option("--imgpath", required=True, type=click.Path(), help="Folder with the images (searched recursively).")
 @click.option("--csvpath", required=True, type=click.Path(), help="Data_Entry_2017.csv (or a file in its layout).")
-@click.option("--epochs", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=50, show_default=True, help="Epochs (at most, with --budget).")
+@click.option("--budget", default=None, metavar="DURATION",
+              help="Wall-clock budget, e.g. 120s or 10m: the epochs that fit are planned after the first one "
+                   "(the LR schedule follows) and training stops before an epoch that would exceed it.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--img-size", type=click.IntRange(32), default=224, show_default=True)
@@ -41,7 +44,7 @@ def split_labels(text: str | None) -> list[str] | None:
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random zoom/shift/rotation.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/last.pt when it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(imgpath, csvpath, epochs, batch_size, lr, img_size, arch, pretrained, out, workers, seed, val_fraction,
+def train(imgpath, csvpath, epochs, budget, batch_size, lr, img_size, arch, pretrained, out, workers, seed, val_fraction,
           labels, cam_layer, head, dilated, schedule, pos_weight, augment, resume, quiet) -> None:
     """Train a multi-label MobileNetV3 (BCE) with a patient-wise validation split.
 
@@ -49,6 +52,7 @@ def train(imgpath, csvpath, epochs, batch_size, lr, img_size, arch, pretrained, 
     OUT/performance.csv and plots OUT/performance.png. Running the same command again resumes
     from OUT/last.pt. Use the result with `--model mobilenetv3 --weights OUT/best.pt`.
     """
+    from xcam.commands._common import parse_duration
     from xcam.train.loop import TrainConfig
     from xcam.train.loop import train as run_training
 
@@ -56,7 +60,7 @@ def train(imgpath, csvpath, epochs, batch_size, lr, img_size, arch, pretrained, 
         imgpath=imgpath, csvpath=csvpath, out=out, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
         arch=arch, pretrained=pretrained, workers=workers, seed=seed, val_fraction=val_fraction,
         labels=split_labels(labels), cam_layer=cam_layer, head=head, dilated=dilated, schedule=schedule, pos_weight=pos_weight, augment=augment, resume=resume,
-        progress=not quiet,
+        progress=not quiet, budget_s=parse_duration(budget, "--budget") if budget else None,
     )
     try:
         result = run_training(config, log=lambda m: click.echo(m, err=True))

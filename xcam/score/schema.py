@@ -6,8 +6,14 @@ Columns, in order:
 * ``status`` — ``ok``, or ``error: <problem>`` on one line;
 * ``{model}:{label}`` — each model's probability per valid label (empty/null on error rows);
 * ``ensemble:{label}`` — the ensembler's probabilities, when several models run;
-* ``boxes`` — with ``--boxes``: a JSON list of boxes in original-image pixels;
-* ``cams``  — with ``--with-cams`` and no ``--boxes``: a JSON list of CAM peaks in original pixels.
+* ``boxes`` — with ``--boxes``: a JSON list of the chain's boxes in original-image pixels, best
+  first per finding: ``model`` (a model's column prefix, or ``ensemble`` for the ensembler's
+  combined CAM of a pathology two or more models explained), ``label``, ``probability`` (4
+  decimals), ``x``, ``y``, ``width``, ``height`` (2 decimals), ``score`` (4 decimals);
+* ``cams``  — with ``--with-cams`` and no ``--boxes``: a JSON list of CAM peaks, one per finding:
+  ``model``, ``label``, ``probability``, ``peak_x``, ``peak_y`` (the centre of the CAM's hottest
+  work-grid pixel in original pixels, truncated to integers; ``null`` for a flat CAM) and ``peak``
+  (the normalized CAM's maximum: 1.0, or 0.0 when flat).
 
 Probabilities are the model's float32 values widened to float64, identical in every format.
 """

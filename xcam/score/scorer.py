@@ -64,6 +64,7 @@ class ScoreOptions:
     cam_classes: str = "positive"
     boxes: bool = False
     threads: int | None = None  # inference threads per model (None: the backend's default, all cores)
+    max_plugin_failures: int | None = None  # stop when one plugin fails on this many images in a row (None: 20; 0: never)
 
     @property
     def localizes(self) -> bool:
@@ -143,8 +144,9 @@ class Scorer:
             torch.set_num_threads(int(options.threads))
         self.settings = chain_settings(self.pm, options)
         store = WeightsStore.from_env(options.weights_dir, accept_changed=options.accept_changed_weights)
+        limit = {} if options.max_plugin_failures is None else {"max_plugin_failures": options.max_plugin_failures or None}
         self.chain: Chain = build_chain(self.pm, options.models, self.settings, options.class_choice(),
-                                        load=options.load_options(), store=store)
+                                        load=options.load_options(), store=store, **limit)
         self.models = self.chain.models
         extra = (BOXES,) if options.boxes else (CAMS,) if options.with_cams else ()
         labels = [tuple(m.valid_labels) for m in self.models]
@@ -165,7 +167,10 @@ class Scorer:
 
     def score(self, items: Sequence[Prepared]) -> list[Row]:
         """Rows for ``items``, in order. An item that failed to decode, or whose chain result
-        failed (the chain retries a failing batch image by image), becomes an error row."""
+        failed (the chain retries a failing batch image by image), becomes an error row. A plugin
+        that fails on ``max_plugin_failures`` images in a row raises
+        :class:`~xcam.chain.guard.PluginGaveUp`: the job stops, the batches written before stay
+        (a rerun resumes after them)."""
         rows: list[Row] = []
         for item, result in zip(items, self.chain.run(items)):
             rows.append(self.row(item.path, result))

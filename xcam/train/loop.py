@@ -70,6 +70,7 @@ class TrainConfig:
     resume: bool = True
     cache: bool | None = None  # None: cache decoded inputs in memory when they fit
     progress: bool = True
+    budget_s: float | None = None  # wall-clock budget: epochs planned from the first epoch's time (≤ epochs)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class TrainResult:
     best_val_auc: float
     last_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    planned_epochs: int | None = None  # with a time budget: the epochs it allowed
 
     @property
     def best_path(self) -> Path:
@@ -128,18 +130,44 @@ def build_model(config: TrainConfig, labels: Sequence[str]) -> nn.Module:
     return model
 
 
-def lr_lambda(schedule: str, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
-    """Multiplier of the base LR at optimizer step ``s`` (a pure function of the step, so it resumes)."""
-    total = max(steps_per_epoch * epochs, 1)
-    warm = min(steps_per_epoch, total // 4) if schedule == "cosine" else 0
+class EpochPlan:
+    """How many epochs the run trains: ``epochs``, or with a time budget as many as fit, decided
+    after the first epoch from its measured duration (the LR schedule follows the plan)."""
+
+    def __init__(self, epochs: int, budget_s: float | None = None) -> None:
+        self.max_epochs = self.epochs = int(epochs)
+        self.budget_s = budget_s
+
+    def after_first_epoch(self, seconds: float) -> int:
+        """Plan from the first epoch's duration: ``floor(budget / seconds)`` epochs, at least 1."""
+        if self.budget_s is not None:
+            self.epochs = max(1, min(self.max_epochs, int(self.budget_s // max(seconds, 1e-6))))
+        return self.epochs
+
+    def another_fits(self, elapsed: float, per_epoch: float, done: int) -> bool:
+        """Whether epoch ``done + 1`` is planned and (with a budget) fits in the time left."""
+        if done >= self.epochs:
+            return False
+        return self.budget_s is None or elapsed + per_epoch <= self.budget_s * 1.05
+
+
+def lr_lambda(schedule: str, steps_per_epoch: int, epochs: int | EpochPlan) -> Callable[[int], float]:
+    """Multiplier of the base LR at optimizer step ``s`` (a pure function of the step and the
+    plan, so it resumes). With an :class:`EpochPlan` the schedule stretches to the planned epochs."""
+    plan = epochs if isinstance(epochs, EpochPlan) else EpochPlan(epochs)
+    warm = min(steps_per_epoch, max(steps_per_epoch * plan.epochs, 1) // 4) if schedule == "cosine" else 0
+
+    def total_steps() -> int:
+        return max(steps_per_epoch * plan.epochs, 1)
 
     def cosine(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        t = min((step - warm) / max(total - warm, 1), 1.0)
+        t = min((step - warm) / max(total_steps() - warm, 1), 1.0)
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
     def onecycle(step: int) -> float:  # 30 % up from lr/25, then cosine down to lr/1e4
+        total = total_steps()
         up = max(int(0.3 * total), 1)
         if step < up:
             return 0.04 + 0.96 * 0.5 * (1 - math.cos(math.pi * step / up))
@@ -276,7 +304,8 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
     labels = table.labels
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.schedule, steps_per_epoch, config.epochs))
+    plan = EpochPlan(config.epochs, config.budget_s)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.schedule, steps_per_epoch, plan))
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=positive_weights(train_set.table.targets, config.pos_weight))
     history: list[dict[str, Any]] = []
     start, best_auc, best_epoch = 1, -math.inf, 0
@@ -291,18 +320,23 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
         ckpt.set_rng_state(saved["rng"])
         history = list(saved.get("history", []))
         start = int(saved["epoch"]) + 1
+        plan.epochs = int(saved.get("planned_epochs") or config.epochs)
         best_auc, best_epoch = float(saved.get("best_val_auc", -math.inf)), int(saved.get("best_epoch", 0))
         log(f"resuming from {last_path} (epoch {start - 1} done)")
-        if start > config.epochs:
-            log(f"already trained to epoch {start - 1} (--epochs {config.epochs}); best: {out / 'best.pt'}")
-            return TrainResult(out, best_epoch, best_auc, start - 1, history)
+        if start > plan.epochs:
+            log(f"already trained to epoch {start - 1} (of {plan.epochs}); best: {out / 'best.pt'}")
+            return TrainResult(out, best_epoch, best_auc, start - 1, history, plan.epochs)
     out.mkdir(parents=True, exist_ok=True)
     if cache and start <= config.epochs:
         train_set.preload(config.progress, "decode train")
         val_set.preload(config.progress, "decode val")
 
     val_loader = DataLoader(val_set, batch_size=max(config.batch_size, 32), shuffle=False, num_workers=config.workers)
-    for epoch in range(start, config.epochs + 1):
+    clock = time.perf_counter()
+    spent = sum(float(r.get("seconds", 0.0)) for r in history)  # earlier sessions of a resumed run
+    epoch = start - 1
+    while plan.another_fits(spent + time.perf_counter() - clock, _mean_epoch(history), epoch):
+        epoch += 1
         t0 = time.perf_counter()
         epoch_seed = config.seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
@@ -316,7 +350,7 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
         )
         model.train()
         total, seen, ys, ps = 0.0, 0, [], []
-        bar = progress_bar(len(loader), f"epoch {epoch}/{config.epochs}", enabled=config.progress, unit="batch")
+        bar = progress_bar(len(loader), f"epoch {epoch}/{plan.epochs}", enabled=config.progress, unit="batch")
         for x, y in loader:
             if config.augment:
                 x = augment_batch(x, aug)
@@ -343,6 +377,10 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
             "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0,
         }
         history.append(row)
+        if epoch == 1 and config.budget_s is not None:
+            planned = plan.after_first_epoch(row["seconds"])
+            log(f"time budget {config.budget_s:.0f} s, {row['seconds']:.1f} s per epoch: {planned} epoch"
+                f"{'s' if planned != 1 else ''} (of at most {config.epochs}); the LR schedule follows")
         score = val_auc if not math.isnan(val_auc) else -val_loss
         improved = score > best_auc
         if improved:
@@ -352,7 +390,7 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
             "format": FORMAT_VERSION_TAG, "epoch": epoch, "metrics": row, "history": history,
             "best_val_auc": best_auc, "best_epoch": best_epoch,
             "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-            "rng": ckpt.rng_state(), "config": asdict(config),
+            "rng": ckpt.rng_state(), "config": asdict(config), "planned_epochs": plan.epochs,
         })
         ckpt.save_atomic(state, last_path)
         ckpt.trust(last_path)
@@ -360,11 +398,19 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
             ckpt.save_atomic(state, out / "best.pt")
             ckpt.trust(out / "best.pt")
         write_performance(history, out, labels)
-        log(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+        log(f"epoch {epoch}/{plan.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
             f"val macro AUC {val_auc:.4f}{' (best)' if improved else ''}, {row['seconds']:.1f} s")
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
-    return TrainResult(out, best_epoch, best_auc, config.epochs, history)
+    if epoch < plan.epochs and config.budget_s is not None:
+        log(f"stopped after epoch {epoch} of {plan.epochs}: the next one would exceed the {config.budget_s:.0f} s budget")
+    return TrainResult(out, best_epoch, best_auc, epoch, history, plan.epochs)
+
+
+def _mean_epoch(history: Sequence[dict[str, Any]]) -> float:
+    """Mean seconds per epoch so far (0 before the first)."""
+    seconds = [float(r.get("seconds", 0.0)) for r in history]
+    return sum(seconds) / len(seconds) if seconds else 0.0
 
 
 FORMAT_VERSION_TAG = f"xcam-train-{ckpt.FORMAT_VERSION}"
