@@ -8,9 +8,11 @@ machine hits all of them alike; medians are reported):
    per image, peak RSS (psutil sampling) / peak CUDA memory (torch);
 2. CAM cost: one class and all classes with pytorch-grad-cam, xcam's gradcam plugin, and the
    fast all-class Grad-CAM (torch einsum, ONNX in-graph) against plain ONNX classification;
-3. analyze: ``xcam.core.pipeline`` (CAMs, masks and boxes for the top-3 findings, JSON only)
-   against an emulation of the older per-class script (classify, then per class a fresh
-   pytorch-grad-cam Grad-CAM++ and a matplotlib overlay figure saved as PNG);
+3. analyze: the chain every command uses (:func:`xcam.chain.engine.build_chain`, streamed and
+   batched as ``xcam analyze`` runs it; Grad-CAM on the target layer, masks and boxes for the
+   top-3 findings, written with :func:`xcam.chain.outputs.write_result`, JSON only) against an
+   emulation of the older per-class script (classify, then per class a fresh pytorch-grad-cam
+   Grad-CAM++ and a matplotlib overlay figure saved as PNG);
 4. ratios against the project's targets, machine information.
 
 Random weights by default (saved once under their real file names in ``$XCAM_HOME/bench/weights``
@@ -365,8 +367,7 @@ def _cam_variants(setup: ModelSetup, settings: BenchSettings, plugin: Any) -> tu
                 cam(input_tensor=xt, targets=[ClassifierOutputTarget(c)])
 
     def onnx_all() -> None:
-        full.clear_cam_cache()  # measure the inference, not the cache
-        full.predict_with_cams(x)
+        full.predict_with_cams(x)  # one inference: probabilities and every class's map
 
     n = len(classes)
     looped = classes[:QUICK_CLASSES] if settings.quick else classes  # --quick: scaled to n by the caller
@@ -458,14 +459,25 @@ def _script_emulation(setup: ModelSetup, files: list[Path], out_dir: Path,
     return base, per_class, len(chosen) * len(files)
 
 
+ANALYZE_BATCH, ANALYZE_WORKERS = 8, 2  # ``xcam analyze``'s defaults
+
+
 def section_analyze(setups: list[ModelSetup], settings: BenchSettings, pm: Any, log: Callable[[str], None],
                     skipped: list[str]) -> dict[str, Any]:
-    from xcam.core.pipeline import AnalysisSettings, Pipeline, write_outputs
+    from xcam.chain.engine import build_chain
+    from xcam.chain.models import LoadOptions
+    from xcam.chain.outputs import write_result
+    from xcam.chain.results import Timings
+    from xcam.chain.settings import ClassChoice, Overrides, resolve_settings
     from xcam.export.samples import default_image_dir, image_files
 
     setup = next((s for s in setups if s.name == "densenet121"), setups[0])
     folder = settings.images or default_image_dir()
     files = image_files(folder)
+    # the default profile's masks and boxes; Grad-CAM on the target layer, no augmentation
+    chain_settings = resolve_settings(pm, None, Overrides(method="gradcam", layers="model", aug_smooth=False,
+                                                          eigen_smooth=False))
+    choice = ClassChoice(top_k=3, threshold=0.0, ground_truth=False)
     with tempfile.TemporaryDirectory(prefix="xcam-bench-") as tmp:
         if not files:  # generated images written as PNGs
             import cv2
@@ -479,29 +491,34 @@ def section_analyze(setups: list[ModelSetup], settings: BenchSettings, pm: Any, 
         m = settings.script_images or 1
         analyze_files = (files * (n // len(files) + 1))[1 : n + 1]
         result: dict[str, Any] = {"model": setup.name, "images_source": str(folder or "generated"),
-                                  "findings_per_image": 3, "method": "gradcam"}
+                                  "findings_per_image": 3, "method": "gradcam", "profile": chain_settings.profile,
+                                  "batch_size": ANALYZE_BATCH, "decode_workers": ANALYZE_WORKERS}
         backends = ["onnx"] if settings.quick else ["onnx", "torch"]
         for backend in backends:
             count = len(analyze_files) if backend == "onnx" else max(1, len(analyze_files) // 2)
-            cam_settings = AnalysisSettings(method="gradcam", top_k=3, threshold=0.0, ground_truth_classes=False)
-            pipe = Pipeline(pm, [setup.name], cam_settings, backend=backend, store=setup.store)
-            pipe.load_all()
+            chain = build_chain(pm, setup.name, chain_settings, choice, load=LoadOptions(backend=backend),
+                                store=setup.store)
             out = Path(tmp) / f"analyze-{backend}"
-            write_outputs(pipe.analyze(files[0]), out, render=False, arrays=False, analysis_json=True)  # warm-up
-            stages: dict[str, float] = {}
+            warm = chain.analyze(files[0])  # warm-up: first inference, plugin imports
+            if not warm.ok:
+                raise RuntimeError(f"analyze warm-up failed on {files[0]}: {warm.error}")
+            write_result(warm, out, render=False, arrays=False, analysis_json=True, folder_name="warm-up")
+            stages, method = Timings(), warm.results[0].method
             t0 = time.perf_counter()
-            for f in analyze_files[:count]:
-                analysis = pipe.analyze(f)
-                write_outputs(analysis, out, render=False, arrays=False, analysis_json=True)
-                for k, v in analysis.timings.seconds.items():
-                    stages[k] = stages.get(k, 0.0) + v
+            for i, item in enumerate(chain.stream(analyze_files[:count], batch_size=ANALYZE_BATCH,
+                                                  workers=ANALYZE_WORKERS)):
+                if not item.ok:
+                    raise RuntimeError(f"analyze failed on {item.path}: {item.error}")
+                write_result(item, out, render=False, arrays=False, analysis_json=True,
+                             folder_name=f"{i:04d}_{item.stem}")  # repeated files: one folder each
+                stages.add(item.timings)
             total = time.perf_counter() - t0
             result[f"pipeline_{backend}"] = {
                 "images": count, "seconds_per_image": total / count,
-                "images_per_s": count / total, "backend": pipe.model(setup.name).classifier.backend,
-                "stage_ms_per_image": {k: 1000 * v / count for k, v in stages.items()},
+                "images_per_s": count / total, "backend": chain.backends[0], "method": method,
+                "stage_ms_per_image": {k: 1000 * v / count for k, v in stages.seconds.items()},
             }
-            log(f"analyze ({backend}): {count / total:.2f} images/s")
+            log(f"analyze ({backend}, {method}): {count / total:.2f} images/s")
         script_dir = Path(tmp) / "script"
         script_dir.mkdir()
         _script_emulation(setup, files[:1], script_dir, setup.model.valid_indices[:1])  # warm-up: imports, 1st figure
@@ -586,14 +603,16 @@ def print_report(results: dict[str, Any], console: Any = None) -> None:
         console.print(t)
     a = results.get("analyze")
     if a:
-        t = Table(title=f"End-to-end analyze ({a['model']}, top-3 findings, JSON only)")
+        t = Table(title=f"End-to-end analyze ({a['model']}, top-3 findings, JSON only; the chain batched by "
+                        f"{a.get('batch_size', 1)})")
         for col in ("approach", "backend", "images", "s/image", "images/s", "stages ms/image"):
             t.add_column(col)
         for key in ("pipeline_onnx", "pipeline_torch"):
             if key in a:
                 p = a[key]
                 stages = ", ".join(f"{k} {v:.0f}" for k, v in p["stage_ms_per_image"].items())
-                t.add_row("xcam analyze", p["backend"], str(p["images"]), f"{p['seconds_per_image']:.3f}",
+                t.add_row(f"xcam analyze ({p.get('method', 'gradcam')})", p["backend"], str(p["images"]),
+                          f"{p['seconds_per_image']:.3f}",
                           f"{p['images_per_s']:.2f}", stages)
         s = a["script"]
         scaled = "" if s["classes_measured_per_image"] == s["classes_per_image"] else \

@@ -74,6 +74,10 @@ def test_quick_bench_output_format(pm, random_weights, tmp_path, nih_images):
     assert all(r["ms_per_image"] > 0 for r in data["cams"])
     analyze = data["analyze"]
     assert analyze["pipeline_onnx"]["images_per_s"] > 0 and analyze["script"]["classes_per_image"] == 18
+    # through the chain: Grad-CAM served by the ONNX pass, timed per chain stage
+    assert analyze["pipeline_onnx"]["backend"] == "onnx:CPUExecutionProvider"
+    assert analyze["pipeline_onnx"]["method"] == "gradcam (in-graph)"
+    assert set(analyze["pipeline_onnx"]["stage_ms_per_image"]) == {"load", "model", "cam", "mask_box", "write"}
     assert {"onnx_vs_torch_b1", "int8_vs_fp32_b1", "allclass_cam_vs_classify", "gradcam_loop_vs_allclass",
             "analyze_vs_script"} <= set(data["ratios"])
     assert set(data["targets"]) <= set(bench_module_targets())

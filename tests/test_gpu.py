@@ -221,32 +221,39 @@ def gpu_models(pm):
 def test_gpu_torch_probabilities_and_cams_match_cpu(gpu_models):
     import copy
 
-    from xcam.core.inference import TorchClassifier
     from xcam.core.cam_math import fast_gradcam_torch
+    from xcam.core.inference import TorchClassifier
 
     _torch, model, x = gpu_models
     cpu = TorchClassifier(copy.deepcopy(model), "cpu")
     gpu = TorchClassifier(copy.deepcopy(model), "cuda")
+    assert gpu.in_graph_cams == cpu.in_graph_cams == frozenset({"gradcam"})
     np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), atol=1e-3)
     np.testing.assert_allclose(fast_gradcam_torch(gpu.model, x).cpu().numpy(),
                                fast_gradcam_torch(cpu.model, x).numpy(), atol=1e-3)
+    gpu_probs, gpu_cams = gpu.predict_with_cams(x)  # what the chain calls: one pass, numpy out
+    cpu_probs, cpu_cams = cpu.predict_with_cams(x)
+    np.testing.assert_allclose(gpu_probs, cpu_probs, atol=1e-3)
+    np.testing.assert_allclose(gpu_cams, cpu_cams, atol=1e-3)
 
 
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])
 def test_gpu_autocast_channels_last_keeps_parity(gpu_models, amp):
     import copy
 
+    from xcam.core.cam_math import fast_gradcam_torch
     from xcam.core.inference import TorchClassifier
     from xcam.export.torch_accel import AcceleratedTorchClassifier
 
     _torch, model, x = gpu_models
     ref = TorchClassifier(copy.deepcopy(model), "cpu")
     fast = AcceleratedTorchClassifier(copy.deepcopy(model), "cuda", amp=amp, channels_last=True)
+    assert fast.in_graph_cams == frozenset({"gradcam"}) and fast.autograd_model is fast.model
     tol = 2e-2 if amp == "fp16" else 5e-2
     assert np.abs(fast.predict(x) - ref.predict(x)).max() < tol
-    from xcam.core.cam_math import fast_gradcam_torch
-
-    assert np.abs(fast.all_class_cams(x) - fast_gradcam_torch(ref.model, x).numpy()).max() < 0.1
+    probs, cams = fast.predict_with_cams(x)
+    assert np.abs(probs - ref.predict(x)).max() < tol
+    assert np.abs(cams - fast_gradcam_torch(ref.model, x).numpy()).max() < 0.1
 
 
 def test_gpu_onnxruntime_cuda_matches_cpu(gpu_models, tmp_path):
@@ -261,7 +268,10 @@ def test_gpu_onnxruntime_cuda_matches_cpu(gpu_models, tmp_path):
     path = export_model(model, tmp_path / "d.onnx").path
     cpu = OnnxClassifier.from_path(path, "cpu")
     gpu = OnnxClassifier.from_path(path, "cuda")
-    assert gpu.uses_gpu
+    assert gpu.uses_gpu and gpu.in_graph_cams == frozenset({"gradcam"}) and gpu.autograd_model is None
     tol = 2e-2 if gpu.providers[0] == TRT else 1e-3  # TensorRT runs in FP16
     assert np.abs(gpu.predict(x) - cpu.predict(x)).max() < tol
-    assert np.abs(gpu.all_class_cams(x) - cpu.all_class_cams(x)).max() < 0.05
+    gpu_probs, gpu_cams = gpu.predict_with_cams(x)
+    cpu_probs, cpu_cams = cpu.predict_with_cams(x)
+    assert np.abs(gpu_probs - cpu_probs).max() < tol
+    assert np.abs(gpu_cams - cpu_cams).max() < 0.05

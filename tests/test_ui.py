@@ -3,7 +3,9 @@
 Models run with random weights (``XCAM_UI_RANDOM_WEIGHTS=1``) except where weight loading itself is
 tested; the default model is MobileNetV3 (fast on a CPU) and the third-party example plugin
 (``tests/example_plugin``, made visible through a throw-away ``dist-info`` entry point) shows that a
-new classifier appears in the page without UI changes.
+new classifier appears in the page without UI changes. Every page runs with its own empty
+``$XCAM_HOME`` and weight cache; the offline first-run tests put a small ``xcam demo`` cache there
+(:func:`make_demo_cache`: six phantoms and a random-init checkpoint, no training).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import numpy as np
 import pytest
 
 from xcam.chain.models import clear_model_cache
+from xcam.core.demo_assets import DEMO_COMMAND, DemoAssets, demo_caches, find_demo
 from xcam.core.errors import UsageError
+from xcam.ui.choices import (DEMO_LABEL, NO_WEIGHTS_HINT, VariantChoice, default_index, default_models,
+                             needs_demo_hint, variant_choices)
 from xcam.ui.export import zip_bytes
 from xcam.ui.groundtruth import label_key, parse_file, parse_text, pick
 from xcam.ui.settings import UiSettings, parse_checkpoint
@@ -90,6 +95,142 @@ def test_zip_holds_images_and_the_page_json():
     archive = zipfile.ZipFile(io.BytesIO(data))
     assert sorted(archive.namelist()) == ["analysis.json", "m_Effusion_P0.png", "m_Effusion_P3.png"]
     assert json.loads(archive.read("analysis.json")) == {"pathology": "Effusion", "value": 0.5}
+
+
+# -- the demo's model and phantoms (first run offline) ---------------------------------------
+def make_demo_cache(home: Path, name: str = "fast-test", n: int = 6, seed: int = 7) -> DemoAssets:
+    """What ``xcam demo --fast`` caches, without training: ``n`` held-out phantoms with their box
+    list, and a random-init MobileNetV3 checkpoint in ``xcam train``'s format."""
+    import torch
+
+    from xcam.core.labels import NO_FINDING
+    from xcam.datasets.phantom import generate_phantoms
+    from xcam.nets.mobilenet import MobileNetV3
+
+    root = home / "demo" / name
+    phantoms = generate_phantoms(root / "heldout", n=n, size=128, seed=seed)
+    labels = [label for label in phantoms.image_counts if label != NO_FINDING]
+    torch.manual_seed(0)
+    net = MobileNetV3(arch="mobilenet_v3_small", input_size=128, labels=labels)
+    (root / "run").mkdir(parents=True)
+    torch.save(net.checkpoint_object(), root / "run" / "best.pt")
+    return DemoAssets.at(root)
+
+
+def fake_cache(home: Path, name: str, parts=("run/best.pt", "heldout/images/", "heldout/BBox_List_2017.csv"),
+               age_s: float = 0.0) -> Path:
+    """A demo cache folder holding only ``parts`` (empty files; ``/``-ended: folders), its
+    checkpoint ``age_s`` seconds old."""
+    import time
+
+    root = home / "demo" / name
+    for part in parts:
+        target = root / part
+        if part.endswith("/"):
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n" if target.suffix == ".csv" else "x")
+    checkpoint = root / "run" / "best.pt"
+    if checkpoint.is_file():
+        when = time.time() - age_s
+        os.utime(checkpoint, (when, when))
+    return root
+
+
+def test_find_demo_takes_complete_caches_full_first_then_newest(tmp_path):
+    home = tmp_path / "home"
+    assert find_demo(home) is None  # no $XCAM_HOME/demo at all
+    fake_cache(home, "fast-nocheckpoint", ("heldout/images/", "heldout/BBox_List_2017.csv"))
+    fake_cache(home, "fast-noboxes", ("run/best.pt", "heldout/images/"))
+    fake_cache(home, "fast-noimages", ("run/best.pt", "heldout/BBox_List_2017.csv"))
+    assert find_demo(home) is None and demo_caches(home) == []  # incomplete caches never count
+    old = fake_cache(home, "fast-old", age_s=3600)
+    assert find_demo(home).root == old
+    new = fake_cache(home, "fast-new", age_s=10)
+    found = find_demo(home)
+    assert found.root == new and found.preset == "fast"  # the newest checkpoint wins
+    assert found.checkpoint == new / "run" / "best.pt" and found.images == new / "heldout" / "images"
+    assert found.boxes == new / "heldout" / "BBox_List_2017.csv"
+    assert found.labels == new / "heldout" / "Data_Entry_2017.csv"
+    full = fake_cache(home, "full-abc", age_s=7200)
+    assert find_demo(home).root == full  # the full preset wins over fast, however old
+    assert [c.root.name for c in demo_caches(home)] == ["full-abc", "fast-new", "fast-old"]
+    assert find_demo(str(home)) == find_demo(home)
+    assert DEMO_COMMAND == "xcam demo --fast"
+
+
+def test_find_demo_defaults_to_xcam_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XCAM_HOME", str(tmp_path / "elsewhere"))
+    assert find_demo() is None
+    root = fake_cache(tmp_path / "elsewhere", "fast-1")
+    assert find_demo().root == root
+
+
+def test_demo_examples_are_the_held_out_images_with_boxes(tmp_path):
+    from xcam.core.nih import read_box_table
+
+    demo = make_demo_cache(tmp_path / "home")
+    assert find_demo(tmp_path / "home") == demo
+    table = read_box_table(demo.boxes)
+    examples = demo.examples()
+    assert examples and [p.name for p in examples] == sorted(table)  # only those with boxes, sorted
+    assert len(list(demo.images.glob("*.png"))) > len(examples)  # the phantoms without findings are left out
+    assert demo.examples(limit=2) == examples[:2]
+    assert demo.ground_truth(examples[0]) == table[examples[0].name]
+    assert demo.ground_truth("nosuch.png") == []
+
+
+def test_weight_choices_and_the_models_the_page_opens_with(pm, tmp_path, monkeypatch):
+    monkeypatch.setenv("XRV_CACHE_DIR", str(tmp_path / "xrv"))  # no weights anywhere but what we write
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    s = UiSettings(weights_dir=weights)
+    demo = DemoAssets.at(fake_cache(tmp_path / "home", "fast-1"))
+    mobilenet, densenet = pm.classifier("mobilenetv3"), pm.classifier("densenet121")
+    names = sorted(pm.classifiers())
+
+    def has_weights(setting: UiSettings, with_demo):
+        return lambda m: any(c.present for c in variant_choices(pm.classifier(m), setting, None, with_demo))
+
+    # no weight files: the demo checkpoint is offered for mobilenetv3 only, and selected
+    menu = variant_choices(mobilenet, s, None, demo)
+    assert menu == [VariantChoice("mobilenetv3-nih", "mobilenetv3-nih (file missing)", False),
+                    VariantChoice(str(demo.checkpoint), DEMO_LABEL, True, demo=True)]
+    assert default_index(menu) == 1
+    assert not any(c.demo for c in variant_choices(densenet, s, None, demo))
+    assert default_models(names, (), "densenet121", has_weights(s, demo), demo) == ["mobilenetv3"]
+    assert default_models(names, (), "densenet121", has_weights(s, None), None) == ["densenet121"]
+    assert default_models(names, ("densenet121",), "densenet121", has_weights(s, demo), demo) == ["densenet121"]
+    assert default_models(names, ("nosuch",), None, has_weights(s, demo), demo) == ["mobilenetv3"]
+    # with --random-weights every variant counts as present and the demo is not offered
+    random = UiSettings(weights_dir=weights, random_weights=True)
+    assert not any(c.demo for c in variant_choices(mobilenet, random, None, demo))
+    assert default_models(names, (), "densenet121", has_weights(random, demo), demo, True) == ["densenet121"]
+    # a checkpoint given with --weights comes before the demo; the demo's own path is not listed twice
+    given = UiSettings(weights_dir=weights, checkpoints=(("mobilenetv3", "/runs/best.pt"),))
+    assert [c.label for c in variant_choices(mobilenet, given, None, demo)] == [
+        "mobilenetv3-nih (file missing)", "checkpoint /runs/best.pt", DEMO_LABEL]
+    same = UiSettings(weights_dir=weights, checkpoints=(("mobilenetv3", str(demo.checkpoint)),))
+    assert [c.demo for c in variant_choices(mobilenet, same, None, demo)] == [False, False]
+    # real weights, once present, are preferred: the default model stays, mobilenetv3 picks its file
+    (weights / densenet.default.filename).write_bytes(b"x")
+    assert default_models(names, (), "densenet121", has_weights(s, demo), demo) == ["densenet121"]
+    (weights / "mobilenetv3-nih.pt").write_bytes(b"x")
+    menu = variant_choices(mobilenet, s, None, demo)
+    assert [c.label for c in menu] == ["mobilenetv3-nih (✓ file present)", DEMO_LABEL] and default_index(menu) == 0
+    assert default_index([VariantChoice("a", "a", False), VariantChoice("b", "b", False)]) == 0
+
+
+def test_the_no_weights_hint_needs_no_weights_and_no_demo(tmp_path):
+    missing, present = VariantChoice("v", "v", False), VariantChoice("w", "w", True)
+    demo = DemoAssets.at(tmp_path)
+    assert needs_demo_hint([[missing], [missing]], None)
+    assert not needs_demo_hint([[missing], [missing, present]], None)
+    assert not needs_demo_hint([[missing]], demo)
+    assert not needs_demo_hint([[missing]], None, random_weights=True)
+    assert not needs_demo_hint([], None)  # no model selected: the page says so itself
+    assert DEMO_COMMAND in NO_WEIGHTS_HINT and "about a minute" in NO_WEIGHTS_HINT
 
 
 def boxes_of(items) -> list[tuple[float, float, float, float, float]]:
@@ -266,6 +407,8 @@ def app(monkeypatch, tmp_path):
     monkeypatch.setenv("XCAM_UI_RANDOM_WEIGHTS", "1")
     monkeypatch.setenv("XCAM_UI_MODELS", "mobilenetv3")
     monkeypatch.setenv("XCAM_CONFIG", str(tmp_path / "no-plugins.toml"))  # built-in defaults, not ./plugins.toml
+    monkeypatch.setenv("XCAM_HOME", str(tmp_path / "xcam-home"))  # no demo cache unless a test makes one
+    monkeypatch.setenv("XRV_CACHE_DIR", str(tmp_path / "xrv-cache"))  # no weight files either
     (tmp_path / "no-plugins.toml").write_text("")
     st.cache_resource.clear()
     clear_model_cache()
@@ -524,3 +667,76 @@ def test_missing_weights_name_the_file_and_checkpoints_load(app, tmp_path):
     assert message.startswith("mobilenetv3: weights file mobilenetv3-nih.pt not found")
     assert f"place it at {weights_dir / 'mobilenetv3-nih.pt'}" in message
     assert "Select at least one model whose weights are available." in [i.value for i in at.info]
+
+
+
+def test_first_run_offline_uses_the_demo_model_and_its_examples(app, tmp_path):
+    """No weight files, no ``--random-weights``, no ``--model``: the page opens on mobilenetv3 with the
+    demo checkpoint and an example phantom, whose ground-truth box gives metrics at once."""
+    demo = make_demo_cache(tmp_path / "xcam-home")
+    examples = demo.examples()
+    at = app(XCAM_UI_RANDOM_WEIGHTS="0", XCAM_UI_MODELS="")
+    at.run()
+    assert_clean(at)
+    assert at.radio(key="source").value == "Examples (demo phantoms)"
+    assert at.radio(key="source").options == ["Examples (demo phantoms)", "Upload a file"]
+    assert at.multiselect(key="models").value == ["mobilenetv3"]
+    weights = at.selectbox(key="weights_mobilenetv3")
+    assert weights.value == str(demo.checkpoint) and weights.options == ["mobilenetv3-nih (file missing)", DEMO_LABEL]
+    assert at.selectbox(key="example").value == examples[0]
+    doc = at.session_state["xcam_document"]
+    (label, box), *_ = demo.ground_truth(examples[0])
+    assert doc["image"] == examples[0].name and doc["pathology"] == label  # the selector starts at the box's class
+    assert doc["ground_truth"] == [{"label": label, "box": list(box)}]
+    (model,) = doc["models"]
+    assert model["weights"] == str(demo.checkpoint) and NO_WEIGHTS_HINT not in [i.value for i in at.info]
+    (finding,) = model["findings"]
+    assert finding["ground_truth"] == [list(box)] and "iou" in finding["metrics"]
+    assert len(at.dataframe) == 1  # the metrics panel
+    captions = [c for image in at.image for c in image.captions]
+    assert any(c.startswith("P0 overlay · " + label) for c in captions)
+    # another example: its own box, and the selector moves to its class
+    other = next(p for p in examples if demo.ground_truth(p)[0][0] != label)
+    (other_label, other_box), *_ = demo.ground_truth(other)
+    at.selectbox(key="example").set_value(other).run()
+    assert_clean(at)
+    doc = at.session_state["xcam_document"]
+    assert doc["image"] == other.name and doc["pathology"] == other_label
+    assert doc["ground_truth"] == [{"label": other_label, "box": list(other_box)}]
+    # the user's pathology stays while the example does (a box of another class is not scored)
+    choice = next(p for p in at.selectbox(key="pathology").options if label_key(p) != label_key(other_label))
+    at.selectbox(key="pathology").set_value(choice).run()
+    assert not at.exception
+    assert at.session_state["xcam_document"]["pathology"] == choice
+    at.selectbox(key="pathology").set_value(other_label).run()
+    # a typed ground truth overrides the example's
+    at.text_input(key="gt_text").input(f"{other_label},2,3,20,30").run()
+    assert_clean(at)
+    doc = at.session_state["xcam_document"]
+    assert doc["ground_truth"] == [{"label": other_label, "box": [2.0, 3.0, 20.0, 30.0]}]
+    assert doc["models"][0]["findings"][0]["metrics"] is not None
+
+
+@needs_uploader
+def test_no_weights_and_no_demo_say_how_to_make_one(app):
+    """Offline with nothing at all: one info box with the command, no download error, before and
+    after an upload."""
+    at = app(XCAM_UI_RANDOM_WEIGHTS="0", XCAM_UI_MODELS="")
+    at.run()
+    assert_clean(at)
+    assert [i.value for i in at.info] == [NO_WEIGHTS_HINT]
+    assert not at.radio  # upload is the only image source: no examples without a demo
+    at.file_uploader(key="upload").upload("phantom.png", png_bytes(), "image/png")
+    at.run()
+    assert_clean(at)  # no "weights file ... not found and could not be downloaded"
+    assert [i.value for i in at.info] == [NO_WEIGHTS_HINT]
+
+
+def test_random_weights_mode_never_offers_the_demo_checkpoint(app, tmp_path):
+    """``--random-weights`` never offers the demo checkpoint; the examples are still there."""
+    make_demo_cache(tmp_path / "xcam-home")
+    at = app()
+    at.run()
+    assert_clean(at)
+    assert at.selectbox(key="weights_mobilenetv3").options == ["mobilenetv3-nih (random weights)"]
+    assert at.session_state["xcam_document"]["models"][0]["weights"] == "mobilenetv3-nih"

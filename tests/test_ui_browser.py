@@ -2,8 +2,12 @@
 
 Uses Playwright's Python API with the system Chromium (``/usr/bin/chromium``, or ``$XCAM_CHROMIUM``);
 Playwright's own browser download is never needed. Skips with a reason when Streamlit, Playwright
-or Chromium is missing. The screenshot is saved under the test's tmp folder (its path is printed;
-``$XCAM_UI_SCREENSHOT`` names an extra copy).
+or Chromium is missing. Each server runs offline with its own empty ``$XCAM_HOME`` and weight
+cache. Two pages: an upload with ``--random-weights``, and the first run on a fresh machine (no
+weight files, a small ``xcam demo`` cache: its model and an example phantom with its box). Each
+screenshot is saved under the test's tmp folder (its path is printed; ``$XCAM_UI_SCREENSHOT``
+names an extra copy of the upload test's, ``$XCAM_UI_DEMO_SCREENSHOT`` of the first-run test's,
+which ``$XCAM_UI_SCREENSHOT`` also names when it is the only test run).
 """
 
 from __future__ import annotations
@@ -69,18 +73,19 @@ def chromium() -> str:
 
 
 class Server:
-    """A running ``xcam ui``: its URL, its private temp folder, and :meth:`stop`."""
+    """A running ``xcam ui``: its URL, its private temp folder, and :meth:`stop`. Offline, with
+    ``tmp_path/xcam-home`` as ``$XCAM_HOME`` and an empty weight cache; ``args``: its options."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, args: tuple[str, ...] = ("--random-weights", "--model", "mobilenetv3")) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = tmp_path / "server.log"
         self.tmpdir = tmp_path / "server-tmp"  # the server's tempfile folder: uploads must land here only
         self.tmpdir.mkdir()
-        env = {**os.environ, "XCAM_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmpdir)}
+        env = {**os.environ, "XCAM_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmpdir),
+               "XCAM_HOME": str(tmp_path / "xcam-home"), "XRV_CACHE_DIR": str(tmp_path / "xrv-cache")}
         env.pop("XCAM_WEIGHTS_DIR", None)
-        command = [sys.executable, "-m", "xcam.cli", "ui", "--port", str(self.port), "--random-weights",
-                   "--model", "mobilenetv3", "--max-upload-mb", "5"]
+        command = [sys.executable, "-m", "xcam.cli", "ui", "--port", str(self.port), *args, "--max-upload-mb", "5"]
         with open(self.log, "w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
 
@@ -165,3 +170,90 @@ def test_upload_in_chromium_shows_the_heatmap(chromium, server, tmp_path):
     assert "Settings profile" in body and "Mask extractor" in body
     assert shot.stat().st_size > 50_000
     print(f"upload to heatmap and shutdown: {time.monotonic() - started:.1f} s")
+
+
+# -- first run on a fresh machine: the demo's model and examples -------------------------------------
+def make_demo_cache(home: Path) -> Path:
+    """What ``xcam demo --fast`` caches, without training: six held-out phantoms with their box list
+    (``<home>/demo/fast-test/heldout``) and a random-init MobileNetV3 checkpoint in ``xcam train``'s
+    format (``run/best.pt``)."""
+    import torch
+
+    from xcam.core.labels import NO_FINDING
+    from xcam.datasets.phantom import generate_phantoms
+    from xcam.nets.mobilenet import MobileNetV3
+
+    root = home / "demo" / "fast-test"
+    phantoms = generate_phantoms(root / "heldout", n=6, size=128, seed=7)
+    labels = [label for label in phantoms.image_counts if label != NO_FINDING]
+    torch.manual_seed(0)
+    model = MobileNetV3(arch="mobilenet_v3_small", input_size=128, labels=labels)
+    (root / "run").mkdir(parents=True)
+    torch.save(model.checkpoint_object(), root / "run" / "best.pt")
+    return root
+
+
+FIRST_RUN_TIMEOUT_S = 90  # the first analysis loads the model on a busy 2-core machine
+
+
+def test_first_run_offline_shows_a_demo_example_with_metrics(chromium, tmp_path):
+    from xcam.core.demo_assets import find_demo
+
+    started = time.monotonic()
+    root = make_demo_cache(tmp_path / "xcam-home")
+    demo = find_demo(tmp_path / "xcam-home")
+    assert demo is not None and demo.root == root
+    example = demo.examples()[1]  # not the one the page opens with: the test picks it
+    (label, box), *_ = demo.ground_truth(example)
+    server = Server(tmp_path, args=())  # no --random-weights, no --model, no weight files
+    wait = FIRST_RUN_TIMEOUT_S * 1000
+    try:
+        wait_healthy(server.process, server.port, server.log)
+        with sync_api.sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
+                viewport={"width": 1500, "height": 2100},
+            )
+            try:
+                page = context.pages[0] if context.pages else context.new_page()
+                page.goto(server.url, timeout=START_TIMEOUT_S * 1000)
+                page.get_by_text("P0 overlay ·").first.wait_for(timeout=wait)  # the first example, at once
+                chooser = page.locator('[data-testid="stSelectbox"]').filter(has_text="Example")
+                chooser.locator('[data-baseweb="select"]').click()
+                page.get_by_role("option", name=example.name).click()
+                page.get_by_text(f"Ground truth from the demo's box list: {label},").wait_for(timeout=wait)
+                page.get_by_text(f"P0 overlay · {label}").first.wait_for(timeout=wait)
+                page.get_by_text("Metrics against the ground truth").wait_for(timeout=wait)
+                page.get_by_text("JSON of this page").wait_for(timeout=wait)  # the last element
+                page.locator(".vega-embed canvas, .vega-embed svg").first.wait_for()
+                page.wait_for_function(
+                    """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+                              .filter(img => img.complete && img.naturalWidth > 0).length >= 4""", timeout=wait)
+                page.wait_for_function(
+                    """() => !document.querySelector('[data-testid="stStatusWidget"]')""", timeout=wait)
+                page.wait_for_timeout(1000)  # let the chart and the table finish drawing
+                shot = tmp_path / "xcam_ui_first_run.png"
+                page.screenshot(path=str(shot))
+                body = page.locator("body").inner_text()
+                table = page.locator('[data-testid="stDataFrame"]').first.inner_text()
+                source = page.locator('[data-testid="stRadio"]').first.inner_text()
+            finally:
+                context.close()
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    print(f"\nxcam ui first-run screenshot: {shot}")
+    target = os.environ.get("XCAM_UI_DEMO_SCREENSHOT") or os.environ.get("XCAM_UI_SCREENSHOT")
+    if target:
+        shutil.copyfile(shot, target)
+    assert "Unexpected error" not in body and "Traceback" not in body, body[-2000:]
+    assert "could not be downloaded" not in body and "not found" not in body
+    assert "Random weights (demo/test mode)" not in body and "xcam demo --fast" not in body  # no hint: it works
+    assert "Examples (demo phantoms)" in source
+    assert "demo model (trained by xcam demo)" in body  # the weight choice selected for mobilenetv3
+    assert f"{example.name} · " in body and "Predictions" in body and "Positive (≥ 0.5)" in body
+    assert f"P0 overlay · {label}" in body and "box · " in body and "mask · " in body
+    assert "Metrics against the ground truth" in body and "iou" in table and "mobilenetv3" in table
+    assert "demo model and example phantoms from" in log
+    assert shot.stat().st_size > 50_000
+    print(f"first run (demo cache, start, example, metrics, shutdown): {time.monotonic() - started:.1f} s")

@@ -79,7 +79,8 @@ def export(model, weights, output, quantize, calibration, calibration_count, qua
     if quant_preset not in PRESETS:
         raise UsageError(f"unknown --quant-preset {quant_preset!r}; valid: {', '.join(PRESETS)}")
     from xcam.core.weights import WeightsStore
-    from xcam.export.onnx_export import ensure_export, parity_report
+    from xcam.export.onnx_export import ensure_export
+    from xcam.export.parity import parity_report
     from xcam.export.samples import sample_batch
 
     pm = plugin_manager()

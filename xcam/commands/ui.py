@@ -1,7 +1,8 @@
 """``xcam ui``: start the Streamlit web UI (``xcam/ui/app.py``) in a ``streamlit run`` process.
 
-Settings travel to the app through environment variables (:mod:`xcam.ui.settings`). This module
-imports neither Streamlit nor torch; without Streamlit it says ``pip install "xcam[ui]"``.
+Settings travel to the app through environment variables (:mod:`xcam.ui.settings`); the app finds
+``xcam demo``'s model and phantoms itself (:mod:`xcam.core.demo_assets`). This module imports
+neither Streamlit nor torch; without Streamlit it says ``pip install "xcam[ui]"``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ def check_profile(config: str | None, profile: str) -> None:
     from xcam.core.config import load_config
 
     profile_settings(load_config(config), profile)
+
+
+def demo_line() -> str:
+    """Where the demo model and its example phantoms come from, or the command that makes them."""
+    from xcam.core.demo_assets import DEMO_COMMAND, find_demo
+
+    try:
+        demo = find_demo()
+    except OSError:
+        demo = None
+    if demo is None:
+        return f"no demo model yet ({DEMO_COMMAND} trains one offline in about a minute)"
+    return f"demo model and example phantoms from {demo.root}"
 
 
 def check_streamlit() -> None:
@@ -104,6 +118,8 @@ def ui(ctx: click.Context, port: int, address: str, images_dir: str | None, weig
         return
     check_streamlit()
     click.echo(f"xcam ui: http://{'localhost' if address in ('127.0.0.1', '0.0.0.0') else address}:{port}", err=True)
+    if not random_weights:
+        click.echo(f"xcam ui: {demo_line()}", err=True)
     if os.name == "posix":  # become the server: signals (Ctrl+C, SIGTERM) reach Streamlit directly
         sys.stderr.flush()
         os.execve(command[0], command, env)

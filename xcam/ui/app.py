@@ -1,8 +1,9 @@
 """The xcam web UI (a Streamlit script, started by ``xcam ui``).
 
-Sidebar: the image (upload, or pick from ``--images-dir``), the models and their weights (from the
-plugin registry, so third-party classifiers appear on their own), the settings profile and, over
-it, the CAM method, mask extractor, box strategy and consolidation method, and a ground-truth box.
+Sidebar: the image (an example phantom of ``xcam demo``, an upload, or one from ``--images-dir``),
+the models and their weights (from the plugin registry, so third-party classifiers appear on their
+own; the demo's checkpoint too), the settings profile and, over it, the CAM method, mask extractor,
+box strategy and consolidation method, and a ground-truth box (an example brings its own).
 Main area: each model's sorted predictions with the threshold, P0 overlays side by side with an
 opacity slider, each model's mask and box, the consolidated box, metrics against the ground truth,
 and downloads of what is shown. Everything is computed by :mod:`xcam.chain` (through
@@ -18,12 +19,13 @@ import hashlib
 import inspect
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import streamlit as st
 
-from xcam.core.errors import ImageLoadError, XcamError
+from xcam.core.errors import ImageLoadError, WeightsMissingError, XcamError
 from xcam.ui import engine, state
+from xcam.ui.choices import NO_WEIGHTS_HINT, default_index, default_models, needs_demo_hint
 from xcam.ui.charts import prediction_chart, prediction_rows
 from xcam.ui.groundtruth import GroundTruth, label_key, parse_file, parse_text, pick
 from xcam.ui.settings import UiSettings
@@ -32,6 +34,7 @@ from xcam.ui.uploads import UPLOAD_TYPES, folder_images, load_upload
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from xcam.core.demo_assets import DemoAssets
     from xcam.core.imageio import XrayImage
     from xcam.chain.engine import Chain
     from xcam.chain.results import ImageResult
@@ -41,6 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 LOG = logging.getLogger("xcam.ui")
 UPLOAD = "Upload a file"
 FOLDER = "Pick from folder"
+EXAMPLES = "Examples (demo phantoms)"
+EXAMPLE_LIMIT = 200  # held-out phantoms with boxes offered in the gallery (the demo makes 60 or 120)
 MIN_COLUMNS = 3  # one model's images take a third of the width, not all of it
 
 
@@ -54,26 +59,77 @@ def show(image: "np.ndarray", caption: str) -> None:
 
 
 # -- sidebar -------------------------------------------------------------------------------
-def choose_image(s: UiSettings) -> tuple["XrayImage", str, str] | None:
-    """The chosen X-ray, its name and a digest identifying it; ``None`` when none (errors shown)."""
+class Picked(NamedTuple):
+    """The chosen X-ray, its name, a digest identifying it, and (an example's) ground-truth boxes."""
+
+    image: "XrayImage"
+    name: str
+    digest: str
+    truth: tuple[GroundTruth, ...] = ()
+
+
+def find_demo() -> "DemoAssets | None":
+    """The newest complete ``xcam demo`` cache under ``$XCAM_HOME`` (:mod:`xcam.core.demo_assets`)."""
+    from xcam.core.demo_assets import find_demo as find
+
+    try:
+        return find()
+    except OSError as exc:  # an unreadable $XCAM_HOME: the page works without the demo
+        LOG.warning("xcam ui: cannot look for the demo model: %s", exc)
+        return None
+
+
+def demo_examples(demo: "DemoAssets | None") -> tuple[list[Any], dict[str, list[GroundTruth]]]:
+    """The demo's held-out phantoms with boxes and ``{file name: boxes}``; none without a demo."""
+    if demo is None:
+        return [], {}
+    try:
+        table = demo.box_table()
+        examples = demo.examples(EXAMPLE_LIMIT)
+    except (XcamError, OSError) as exc:
+        st.error(f"Demo examples: {exc}")
+        return [], {}
+    return examples, {p.name: [GroundTruth(label, box) for label, box in table[p.name]] for p in examples}
+
+
+def load_file(path: Any) -> tuple["XrayImage", str] | None:
+    """A picked file (example or folder), decoded once per session; ``None`` on error (shown)."""
+    stat = path.stat()
+    digest = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    try:
+        from xcam.core.imageio import load_image
+
+        return state.memo(("image", digest), lambda: load_image(path)), digest
+    except XcamError as exc:
+        st.error(f"Cannot read {path.name}: {exc}")
+        return None
+
+
+def choose_image(s: UiSettings, demo: "DemoAssets | None" = None) -> Picked | None:
+    """The chosen X-ray; ``None`` when none (errors shown). With a demo, its held-out phantoms are
+    the first (default) source, each with its ground-truth boxes from the demo's box list."""
     st.header("Image")
     images = folder_images(s.images_dir)
-    sources = [UPLOAD] + ([FOLDER] if images else [])
+    examples, truth = demo_examples(demo)
+    sources = ([EXAMPLES] if examples else []) + [UPLOAD] + ([FOLDER] if images else [])
     source = st.radio("Source", sources, key="source", horizontal=True) if len(sources) > 1 else UPLOAD
     if s.images_dir is not None and not images:
         st.caption(f"No images found in {s.images_dir}")
+    if source == EXAMPLES:
+        def describe(p: Any) -> str:
+            return f"{p.name} · {', '.join(dict.fromkeys(g.label for g in truth[p.name]))}"
+
+        path = st.selectbox("Example", examples, key="example", format_func=describe,
+                            help="Held-out phantoms of `xcam demo` (never seen in training), with their boxes.")
+        boxes = tuple(truth[path.name])
+        st.caption("Ground truth from the demo's box list: " + "; ".join(g.text for g in boxes))
+        loaded = load_file(path)
+        return None if loaded is None else Picked(loaded[0], path.name, loaded[1], boxes)
     if source == FOLDER:
         path = st.selectbox("Image", images, key="folder_image",
                             format_func=lambda p: str(p.relative_to(s.images_dir)))
-        stat = path.stat()
-        digest = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
-        try:
-            from xcam.core.imageio import load_image
-
-            return state.memo(("image", digest), lambda: load_image(path)), path.name, digest
-        except XcamError as exc:
-            st.error(f"Cannot read {path.name}: {exc}")
-            return None
+        loaded = load_file(path)
+        return None if loaded is None else Picked(loaded[0], path.name, loaded[1])
     limit = {"max_upload_size": max(1, math.ceil(s.max_upload_mb))}
     if "max_upload_size" not in inspect.signature(st.file_uploader).parameters:
         limit = {}
@@ -92,30 +148,38 @@ def choose_image(s: UiSettings) -> tuple["XrayImage", str, str] | None:
     except XcamError as exc:
         st.error(f"Upload refused: {exc}")
         return None
-    return image, uploaded.name, digest
+    return Picked(image, uploaded.name, digest)
 
 
-def choose_models(pm: "XcamPluginManager", s: UiSettings) -> list[tuple[str, state.VariantChoice]]:
-    """The selected classifiers, each with its chosen weights."""
+def choose_models(pm: "XcamPluginManager", s: UiSettings, demo: "DemoAssets | None" = None
+                  ) -> tuple[list[tuple[str, state.VariantChoice]], bool]:
+    """The selected classifiers, each with its chosen weights, and whether the page should say
+    that there are no weights and no demo model (:data:`~xcam.ui.choices.NO_WEIGHTS_HINT`)."""
     st.header("Models")
     names = sorted(pm.classifiers())
     unknown = [m for m in s.models if m not in names]
     if unknown:
         st.error(f"Unknown model(s) {', '.join(unknown)}; installed: {', '.join(names)}")
-    configured = pm.config.defaults.get("classifier")
-    default = [m for m in s.models if m in names] or ([configured] if configured in names else names[:1])
+
+    def offered(name: str) -> list[state.VariantChoice]:
+        return state.variant_choices(pm.classifier(name), s, pm.config.plugin_options(name).get("weights"), demo)
+
+    default = default_models(names, s.models, pm.config.defaults.get("classifier"),
+                             lambda m: any(c.present for c in offered(m)), demo, s.random_weights)
     chosen = st.multiselect("Models", names, default=default, key="models",
                             help="Every installed classifier plugin is listed here.")
-    selection = []
+    selection, menus = [], []
     for name in chosen:
-        registration = pm.classifier(name)
-        choices = {c.value: c for c in state.variant_choices(
-            registration, s, pm.config.plugin_options(name).get("weights"))}
-        present = [i for i, c in enumerate(choices.values()) if c.present]
-        value = st.selectbox(f"{name} weights", list(choices), index=present[0] if present else 0,
+        menu = offered(name)
+        menus.append(menu)
+        choices = {c.value: c for c in menu}
+        value = st.selectbox(f"{name} weights", list(choices), index=default_index(menu),
                              key=f"weights_{name}", format_func=lambda v, c=choices: c[v].label)
+        if choices[value].demo and demo is not None:
+            st.caption(f"A small MobileNetV3 that `xcam demo` trained on synthetic phantoms "
+                       f"({demo.root.name}): for trying xcam out, not for real X-rays.")
         selection.append((name, choices[value]))
-    return selection
+    return selection, needs_demo_hint(menus, demo, s.random_weights)
 
 
 # The selectors' first entry: keep the profile's plugin (as an option left out on the command line).
@@ -187,8 +251,10 @@ def ground_truth_inputs() -> tuple[str, Any]:
 
 
 # -- main area -----------------------------------------------------------------------------
-def load_models(s: UiSettings, selection: list[tuple[str, state.VariantChoice]], device: str) -> list[engine.ModelSpec]:
-    """Build (once per process) each selected model; a missing weight file is one error naming it."""
+def load_models(s: UiSettings, selection: list[tuple[str, state.VariantChoice]], device: str,
+                quiet_missing: bool = False) -> list[engine.ModelSpec]:
+    """Build (once per process) each selected model; a missing weight file is one error naming it
+    (none with ``quiet_missing``: the page already says how to get weights)."""
     loaded = []
     for name, choice in selection:
         what = "random weights" if s.random_weights else choice.value
@@ -196,6 +262,10 @@ def load_models(s: UiSettings, selection: list[tuple[str, state.VariantChoice]],
             try:
                 state.load_model(state.config_key(s), name, choice.value,
                                  str(s.weights_dir) if s.weights_dir else None, s.random_weights, device)
+            except WeightsMissingError as exc:
+                if not quiet_missing:
+                    st.error(f"{name}: {exc}")
+                continue
             except XcamError as exc:
                 st.error(f"{name}: {exc}")
                 continue
@@ -218,8 +288,9 @@ def show_predictions(analysis: "ImageResult", threshold: float) -> None:
 
 
 def resolve_ground_truth(text: str, file: Any, image: "XrayImage", name: str, pathology: str,
-                         labels: set[str]) -> GroundTruth | None:
-    """The ground truth to score against (typed text wins over a loaded file); errors raise."""
+                         labels: set[str], example: tuple[GroundTruth, ...] = ()) -> GroundTruth | None:
+    """The ground truth to score against: typed text, else a loaded file, else the example's own
+    boxes (the demo's box list); errors raise."""
     from xcam.core.errors import UsageError
     from xcam.core.metrics import check_box_in_image
 
@@ -229,6 +300,11 @@ def resolve_ground_truth(text: str, file: Any, image: "XrayImage", name: str, pa
         gt = pick(parse_file(file.getvalue(), name), pathology)
         if gt is None:
             st.info(f"The loaded box file has no {pathology} box for {name}.")
+            return None
+        check_box_in_image(gt.box, image.width, image.height, what=f"ground truth {gt.label}")
+    elif example:
+        gt = pick(list(example), pathology)
+        if gt is None:
             return None
         check_box_in_image(gt.box, image.width, image.height, what=f"ground truth {gt.label}")
     else:
@@ -289,18 +365,33 @@ def run_locked(chain: "Chain", image: "XrayImage") -> "ImageResult":
         return engine.analyze(chain, image)
 
 
-def analyse(pm: "XcamPluginManager", s: UiSettings, picked: tuple["XrayImage", str, str],
-            selection: list[tuple[str, state.VariantChoice]], choices: dict[str, Any], gt_input: tuple[str, Any]) -> None:
+def preset_pathology(picked: Picked, ordered: list[str]) -> None:
+    """A newly picked example starts the pathology selector at the class of its (first) box."""
+    if not picked.truth:
+        st.session_state.pop("_xcam_example", None)
+        return
+    if st.session_state.get("_xcam_example") == picked.digest:
+        return  # the user's own choice stays while the example does
+    st.session_state["_xcam_example"] = picked.digest
+    wanted = label_key(picked.truth[0].label)
+    match = next((label for label in ordered if label_key(label) == wanted), None)
+    if match is not None:
+        st.session_state["pathology"] = match
+
+
+def analyse(pm: "XcamPluginManager", s: UiSettings, picked: Picked, selection: list[tuple[str, state.VariantChoice]],
+            choices: dict[str, Any], gt_input: tuple[str, Any], no_weights: bool = False) -> None:
     """Everything in the main area once an image is chosen."""
-    image, name, digest = picked
+    image, name, digest, truth = picked
     try:
         device = state.device(s.device)
     except XcamError as exc:
         st.error(str(exc))
         return
-    specs = load_models(s, selection, device)
+    specs = load_models(s, selection, device, quiet_missing=no_weights)
     if not specs:
-        st.info("Select at least one model whose weights are available.")
+        if not no_weights:  # else the page already says how to get weights
+            st.info("Select at least one model whose weights are available.")
         return
     settings: ChainSettings = choices["settings"]
     threshold = choices["threshold"]
@@ -324,11 +415,12 @@ def analyse(pm: "XcamPluginManager", s: UiSettings, picked: tuple["XrayImage", s
     ordered = sorted(labels, key=lambda lab: (-max(p.get(lab, 0.0) for p in predictions), lab))
     st.subheader("Explanations")
     left, right = st.columns(2)
+    preset_pathology(picked, ordered)
     pathology = left.selectbox("Pathology", ordered, key="pathology",
                                help="Sorted by the highest probability any selected model gives it.")
     alpha = right.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="alpha")
     try:
-        gt = resolve_ground_truth(*gt_input, image, name, pathology, labels)
+        gt = resolve_ground_truth(*gt_input, image, name, pathology, labels, truth)
     except XcamError as exc:
         st.error(f"Ground truth: {exc}")
         gt = None
@@ -386,20 +478,24 @@ def main() -> None:
         return
     if s.random_weights:
         st.warning("Random weights (demo/test mode): predictions and maps are meaningless.")
+    demo = find_demo()
     with st.sidebar:
-        picked = choose_image(s)
+        picked = choose_image(s, demo)
         if picked is not None:
-            image, name, _ = picked
-            st.image(image.to_uint8(), caption=f"{name} · {image.width}×{image.height}", width="stretch")
-        selection = choose_models(pm, s)
+            st.image(picked.image.to_uint8(), caption=f"{picked.name} · {picked.image.width}×{picked.image.height}",
+                     width="stretch")
+        selection, no_weights = choose_models(pm, s, demo)
         choices = choose_options(pm, s)
         gt_input = ground_truth_inputs()
+    if no_weights:
+        st.info(NO_WEIGHTS_HINT)
     if picked is None:
-        st.info("Upload a chest X-ray or pick one from the folder in the sidebar.")
+        if not no_weights:
+            st.info("Upload a chest X-ray or pick one from the folder in the sidebar.")
         return
     if choices is None:
         return
-    analyse(pm, s, picked, selection, choices, gt_input)
+    analyse(pm, s, picked, selection, choices, gt_input, no_weights)
 
 
 def run() -> None:

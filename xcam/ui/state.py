@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 import streamlit as st
 
+from xcam.ui.choices import VariantChoice, variant_choices  # noqa: F401 - the app's names for them
 from xcam.ui.settings import UiSettings
 from xcam.ui.uploads import SessionFolder
 
 if TYPE_CHECKING:  # pragma: no cover
     from xcam.chain.models import LoadedModel
     from xcam.core.manager import XcamPluginManager
-    from xcam.core.types import ClassifierRegistration
     from xcam.core.weights import WeightsStore
 
 T = TypeVar("T")
@@ -89,37 +88,6 @@ def session_folder() -> SessionFolder:
         folder = SessionFolder()
         st.session_state["_xcam_session_folder"] = folder
     return folder
-
-
-@dataclass(frozen=True)
-class VariantChoice:
-    """One weight choice offered for a model: a registered variant or a checkpoint path."""
-
-    value: str  # passed to ``load_classifier`` as the variant
-    label: str  # shown in the selectbox
-    present: bool
-
-
-def variant_choices(registration: "ClassifierRegistration", s: UiSettings, preferred: str | None = None) -> list[VariantChoice]:
-    """The model's registered variants (``preferred``, else the default, first; marked present or
-    missing) and the checkpoints given for it on the command line."""
-    from xcam.core.errors import XcamError
-    from xcam.core.weights import WeightsStore
-
-    files = WeightsStore.from_env(s.weights_dir)
-    choices: list[VariantChoice] = []
-    try:
-        default = registration.variant(preferred).name
-    except XcamError:
-        default = registration.default.name
-    ordered = sorted(registration.variants, key=lambda v: v.name != default)
-    for v in ordered:
-        present = files.find(v) is not None
-        mark = "random weights" if s.random_weights else ("✓ file present" if present else "file missing")
-        choices.append(VariantChoice(v.name, f"{v.name} ({mark})", present or s.random_weights))
-    for path in [] if s.random_weights else s.checkpoints_for(registration.name):
-        choices.append(VariantChoice(path, f"checkpoint {path}", True))
-    return choices
 
 
 MEMO_SIZE = 16  # decoded images and results (CAMs and masks in the work grid: small)
