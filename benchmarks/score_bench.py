@@ -74,14 +74,15 @@ def pure_inference(scorer: Any, inputs: Path, n: int, batch_size: int) -> tuple[
 
     from xcam.score.scorer import prepare
 
-    model = scorer.models[0]
+    classifier = scorer.chain.models[0].classifier
+    shape = scorer.shapes[0]
     unique = sorted(inputs.iterdir())[:59]
-    tensors = [prepare(str(p), scorer.shapes).inputs[model.shape] for p in unique]
+    tensors = [prepare(str(p), scorer.shapes).inputs[shape] for p in unique]
     batches = [np.stack([tensors[(s + j) % len(tensors)] for j in range(batch_size)]) for s in range(0, n, batch_size)]
-    model.clf.predict(batches[0])  # warm-up
+    classifier.predict(batches[0])  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
     for batch in batches:
-        model.clf.predict(batch)
+        classifier.predict(batch)
     images = len(batches) * batch_size
     return images / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / images
 

@@ -218,9 +218,8 @@ def test_first_run_offline_shows_a_demo_example_with_metrics(chromium, tmp_path)
                 page = context.pages[0] if context.pages else context.new_page()
                 page.goto(server.url, timeout=START_TIMEOUT_S * 1000)
                 page.get_by_text("P0 overlay ·").first.wait_for(timeout=wait)  # the first example, at once
-                chooser = page.locator('[data-testid="stSelectbox"]').filter(has_text="Example")
-                chooser.locator('[data-baseweb="select"]').click()
-                page.get_by_role("option", name=example.name).click()
+                page.get_by_role("combobox", name="Example").click()  # pick another example phantom
+                page.get_by_role("option").filter(has_text=example.name).first.click()
                 page.get_by_text(f"Ground truth from the demo's box list: {label},").wait_for(timeout=wait)
                 page.get_by_text(f"P0 overlay · {label}").first.wait_for(timeout=wait)
                 page.get_by_text("Metrics against the ground truth").wait_for(timeout=wait)
@@ -237,6 +236,8 @@ def test_first_run_offline_shows_a_demo_example_with_metrics(chromium, tmp_path)
                 body = page.locator("body").inner_text()
                 table = page.locator('[data-testid="stDataFrame"]').first.inner_text()
                 source = page.locator('[data-testid="stRadio"]').first.inner_text()
+                weights = page.get_by_role("combobox", name="mobilenetv3 weights").input_value()
+                picked = page.get_by_role("combobox", name="Example").input_value()
             finally:
                 context.close()
     finally:
@@ -250,7 +251,7 @@ def test_first_run_offline_shows_a_demo_example_with_metrics(chromium, tmp_path)
     assert "could not be downloaded" not in body and "not found" not in body
     assert "Random weights (demo/test mode)" not in body and "xcam demo --fast" not in body  # no hint: it works
     assert "Examples (demo phantoms)" in source
-    assert "demo model (trained by xcam demo)" in body  # the weight choice selected for mobilenetv3
+    assert weights == "demo model (trained by xcam demo)" and picked.startswith(f"{example.name} · {label}")
     assert f"{example.name} · " in body and "Predictions" in body and "Positive (≥ 0.5)" in body
     assert f"P0 overlay · {label}" in body and "box · " in body and "mask · " in body
     assert "Metrics against the ground truth" in body and "iou" in table and "mobilenetv3" in table

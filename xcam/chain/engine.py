@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import numpy as np
 
 from xcam.chain.cams import CamPlan, in_graph_cams, normalize, plan, plugin_cams
-from xcam.chain.guard import DEFAULT_MAX_CONSECUTIVE, FailureCounter, Guard, PluginFailure
+from xcam.chain.guard import DEFAULT_MAX_CONSECUTIVE, FailureCounter, Guard, PluginFailure, PluginGaveUp
 from xcam.chain.localize import Localizer, box_metrics, ground_truth_for
 from xcam.chain.models import LoadedModel, LoadOptions, ModelRef, load_models
 from xcam.chain.results import Consolidation, Finding, ImageResult, ModelResult, Timings
@@ -202,10 +202,16 @@ class Chain:
                 if queue:
                     batch.append(queue.popleft().result())
                 if batch and (not queue or len(batch) >= batch_size):
-                    for result in self.run(batch):
+                    try:
+                        done, stop = self.run(batch), None
+                    except PluginGaveUp as exc:
+                        done, stop = exc.done, exc
+                    for result in done:
                         if on_result is not None:
                             on_result(result)
                         yield result
+                    if stop is not None:
+                        raise stop
                     batch = []
                 if not queue and exhausted and not batch:
                     return
@@ -220,9 +226,11 @@ class Chain:
         exception (a plugin's included) fails only the images it happens on: their ``error`` names
         the plugin, its distribution and the exception. With ``fail_fast`` the first exception
         propagates; a plugin that fails on ``max_plugin_failures`` images in a row raises
-        :class:`~xcam.chain.guard.PluginGaveUp` (results returned before stay valid)."""
+        :class:`~xcam.chain.guard.PluginGaveUp` carrying the results finished before it (``done``,
+        in input order: write them; the inputs after them were not computed)."""
         ok = [item for item in items if item.error is None]
         results: dict[int, ImageResult] = {}
+        stop = None
         if ok:
             try:
                 for item, result in zip(ok, self._run_batch(ok)):
@@ -237,16 +245,19 @@ class Chain:
                         self.failures.ok()
                     except Exception as exc:  # noqa: BLE001 - this image's failure only
                         results[id(item)] = ImageResult(item.path, item.width, item.height, error=describe_error(exc))
-                        if isinstance(exc, PluginFailure):
-                            self.failures.failed(exc)
+                        if isinstance(exc, PluginFailure) and self.failures.failed(exc):
+                            stop = item
+                            break
         out = []
         for item in items:
             if item.error is not None:
                 out.append(ImageResult(item.path, error=item.error))
-            else:
+            elif id(item) in results:
                 result = results[id(item)]
                 result.timings.seconds["load"] = result.timings.seconds.get("load", 0.0) + item.seconds
                 out.append(result)
+            if item is stop:
+                raise self.failures.give_up(out)
         return out
 
     def _run_batch(self, items: Sequence[Prepared]) -> list[ImageResult]:

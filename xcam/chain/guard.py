@@ -45,7 +45,14 @@ class PluginFailure(XcamError):
 
 
 class PluginGaveUp(XcamError):
-    """One plugin failed on too many images in a row: the job stops (what was written stays valid)."""
+    """One plugin failed on too many images in a row: the job stops (what was written stays valid).
+
+    ``done`` holds the results of the batch that were finished before the stop (in input order), so
+    a job can write them before it ends; the inputs after them were not computed."""
+
+    def __init__(self, message: str, done: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.done = list(done)
 
 
 def provenance(pm: "XcamPluginManager", kind: str, name: str) -> str:
@@ -172,13 +179,18 @@ class FailureCounter:
     def ok(self) -> None:
         self.last, self.streak = None, 0
 
-    def failed(self, failure: PluginFailure) -> None:
+    def failed(self, failure: PluginFailure) -> bool:
+        """Count a failure; ``True`` when the limit is reached (see :meth:`give_up`)."""
         same = self.last is not None and (self.last.kind, self.last.name) == (failure.kind, failure.name)
         self.streak = self.streak + 1 if same else 1
         self.last = failure
-        if self.limit and self.streak >= self.limit:
-            raise PluginGaveUp(f"stopping: {failure.kind} {failure.name!r} ({failure.source}) failed on "
-                               f"{self.streak} images in a row (last: {failure.problem})")
+        return bool(self.limit and self.streak >= self.limit)
+
+    def give_up(self, done: Sequence[Any] = ()) -> PluginGaveUp:
+        failure = self.last
+        assert failure is not None
+        return PluginGaveUp(f"stopping: {failure.kind} {failure.name!r} ({failure.source}) failed on "
+                            f"{self.streak} images in a row (last: {failure.problem})", done)
 
 
 def plugin_names(failures: Sequence[PluginFailure]) -> list[str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from xcam.chain.engine import Prepared, prepare
+from xcam.chain.guard import PluginGaveUp
 from xcam.score.schema import OK, Row
 from xcam.score.scorer import Shape
 
@@ -85,7 +86,10 @@ def run_local(
             if item is not None:
                 batch.append(item)
             if batch and (item is None or len(batch) >= batch_size):
-                rows = scorer.score(batch)
+                try:
+                    rows, stop = scorer.score(batch), None
+                except PluginGaveUp as exc:  # write what was finished, then stop the job
+                    rows, stop = getattr(exc, "rows", []), exc
                 write(rows)
                 ok = sum(1 for r in rows if r["status"] == OK)
                 stats.ok += ok
@@ -93,6 +97,8 @@ def run_local(
                 stats.batches += 1
                 if on_batch is not None:
                     on_batch(ok, len(rows) - ok)
+                if stop is not None:
+                    raise stop
                 batch = []
             if item is None:
                 return stats

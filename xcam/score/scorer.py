@@ -169,12 +169,16 @@ class Scorer:
         """Rows for ``items``, in order. An item that failed to decode, or whose chain result
         failed (the chain retries a failing batch image by image), becomes an error row. A plugin
         that fails on ``max_plugin_failures`` images in a row raises
-        :class:`~xcam.chain.guard.PluginGaveUp`: the job stops, the batches written before stay
-        (a rerun resumes after them)."""
-        rows: list[Row] = []
-        for item, result in zip(items, self.chain.run(items)):
-            rows.append(self.row(item.path, result))
-        return rows
+        :class:`~xcam.chain.guard.PluginGaveUp` with the rows finished before it (``rows``): the job
+        writes them and stops (a rerun resumes after them)."""
+        from xcam.chain.guard import PluginGaveUp
+
+        try:
+            results = self.chain.run(items)
+        except PluginGaveUp as stop:  # the rows finished before the stop travel with it, to be written
+            stop.rows = [self.row(item.path, result) for item, result in zip(items, stop.done)]  # type: ignore[attr-defined]
+            raise
+        return [self.row(item.path, result) for item, result in zip(items, results)]
 
     def row(self, path: str, result: "ImageResult") -> Row:
         """The output row of one chain result (``path``: the input as enumerated, the resume key)."""
