@@ -330,6 +330,16 @@ def test_ui_images_are_full_resolution_with_the_colour_convention(tmp_path):
     assert sorted(together) == ["Mass_consolidated.png", "Mass_consolidated_P0.png", "Mass_consolidated_bbox.png"]
     colours = {tuple(int(v) for v in c) for c in np.unique(together["Mass_consolidated_bbox.png"].reshape(-1, 3), axis=0)}
     assert {render.PALETTE[0], render.PALETTE[1], render.PREDICTION, render.TRUTH} <= colours
+    # several rows of a box list (an example phantom's two Mass boxes): scored as the chain scores them
+    from xcam.chain.localize import box_metrics
+
+    two = [("Mass", (10.0, 10.0, 50.0, 40.0)), ("Mass", (box.x, box.y, box.width, box.height)), ("Nodule", (1, 1, 5, 5))]
+    scored = engine.with_ground_truth(result, two)
+    (f,) = scored.results[0].findings
+    assert f.ground_truth == [two[0][1], two[1][1]] and f.metrics["iou"] == pytest.approx(1.0)
+    assert f.metrics == box_metrics([box], (10.0, 10.0), [two[0][1], two[1][1]], width, height)
+    assert scored.consolidated[0].ground_truth == f.ground_truth and len(scored.ground_truth) == 3
+    assert engine.with_ground_truth(result, []) is result and engine.with_ground_truth(result, None) is result
 
 
 def test_ui_command_builds_streamlit_call_and_needs_streamlit(tmp_path, monkeypatch, capsys):
@@ -685,24 +695,27 @@ def test_first_run_offline_uses_the_demo_model_and_its_examples(app, tmp_path):
     assert weights.value == str(demo.checkpoint) and weights.options == ["mobilenetv3-nih (file missing)", DEMO_LABEL]
     assert at.selectbox(key="example").value == examples[0]
     doc = at.session_state["xcam_document"]
-    (label, box), *_ = demo.ground_truth(examples[0])
+    label = demo.ground_truth(examples[0])[0][0]
+    boxes = [list(b) for lab, b in demo.ground_truth(examples[0]) if lab == label]  # every box of its class
     assert doc["image"] == examples[0].name and doc["pathology"] == label  # the selector starts at the box's class
-    assert doc["ground_truth"] == [{"label": label, "box": list(box)}]
+    assert doc["ground_truth"] == [{"label": label, "box": b} for b in boxes]
     (model,) = doc["models"]
     assert model["weights"] == str(demo.checkpoint) and NO_WEIGHTS_HINT not in [i.value for i in at.info]
+    assert any(m.value.startswith("**mobilenetv3** · `demo model`") for m in at.markdown)
     (finding,) = model["findings"]
-    assert finding["ground_truth"] == [list(box)] and "iou" in finding["metrics"]
+    assert finding["ground_truth"] == boxes and "iou" in finding["metrics"]
     assert len(at.dataframe) == 1  # the metrics panel
     captions = [c for image in at.image for c in image.captions]
     assert any(c.startswith("P0 overlay · " + label) for c in captions)
     # another example: its own box, and the selector moves to its class
     other = next(p for p in examples if demo.ground_truth(p)[0][0] != label)
-    (other_label, other_box), *_ = demo.ground_truth(other)
+    other_label = demo.ground_truth(other)[0][0]
+    other_boxes = [list(b) for lab, b in demo.ground_truth(other) if lab == other_label]
     at.selectbox(key="example").set_value(other).run()
     assert_clean(at)
     doc = at.session_state["xcam_document"]
     assert doc["image"] == other.name and doc["pathology"] == other_label
-    assert doc["ground_truth"] == [{"label": other_label, "box": list(other_box)}]
+    assert doc["ground_truth"] == [{"label": other_label, "box": b} for b in other_boxes]
     # the user's pathology stays while the example does (a box of another class is not scored)
     choice = next(p for p in at.selectbox(key="pathology").options if label_key(p) != label_key(other_label))
     at.selectbox(key="pathology").set_value(choice).run()
@@ -740,3 +753,18 @@ def test_random_weights_mode_never_offers_the_demo_checkpoint(app, tmp_path):
     assert_clean(at)
     assert at.selectbox(key="weights_mobilenetv3").options == ["mobilenetv3-nih (random weights)"]
     assert at.session_state["xcam_document"]["models"][0]["weights"] == "mobilenetv3-nih"
+
+
+def test_an_example_box_of_a_class_no_model_predicts_is_no_error(app, tmp_path, third_party_plugin):
+    """tinycnn predicts Nodule, Mass and Effusion only: an example with none of those boxes is
+    analysed without a ground truth (and without an error)."""
+    demo = make_demo_cache(tmp_path / "xcam-home")
+    tiny = {"nodule", "mass", "effusion"}
+    example = next(p for p in demo.examples() if not {label_key(lab) for lab, _ in demo.ground_truth(p)} & tiny)
+    at = app(XCAM_UI_MODELS="tinycnn")
+    at.run()
+    at.selectbox(key="example").set_value(example).run()
+    assert_clean(at)
+    doc = at.session_state["xcam_document"]
+    assert doc["image"] == example.name and doc["ground_truth"] == []
+    assert not [w.value for w in at.warning if "ground truth" in w.value]  # only the random-weights banner

@@ -5,9 +5,9 @@ Playwright's own browser download is never needed. Skips with a reason when Stre
 or Chromium is missing. Each server runs offline with its own empty ``$XCAM_HOME`` and weight
 cache. Two pages: an upload with ``--random-weights``, and the first run on a fresh machine (no
 weight files, a small ``xcam demo`` cache: its model and an example phantom with its box). Each
-screenshot is saved under the test's tmp folder (its path is printed; ``$XCAM_UI_SCREENSHOT``
-names an extra copy of the upload test's, ``$XCAM_UI_DEMO_SCREENSHOT`` of the first-run test's,
-which ``$XCAM_UI_SCREENSHOT`` also names when it is the only test run).
+screenshot is saved under the test's tmp folder and its path printed. ``$XCAM_UI_SCREENSHOT`` names
+an extra copy: the upload test's, then the first-run test's (which runs second, so with both the
+first-run page is what stays there), unless ``$XCAM_UI_DEMO_SCREENSHOT`` names another path for it.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def test_first_run_offline_shows_a_demo_example_with_metrics(chromium, tmp_path)
                 shot = tmp_path / "xcam_ui_first_run.png"
                 page.screenshot(path=str(shot))
                 body = page.locator("body").inner_text()
-                table = page.locator('[data-testid="stDataFrame"]').first.inner_text()
+                table = page.locator('[data-testid="stDataFrame"]').first.text_content() or ""
                 source = page.locator('[data-testid="stRadio"]').first.inner_text()
                 weights = page.get_by_role("combobox", name="mobilenetv3 weights").input_value()
                 picked = page.get_by_role("combobox", name="Example").input_value()

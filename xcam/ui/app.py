@@ -273,9 +273,11 @@ def load_models(s: UiSettings, selection: list[tuple[str, state.VariantChoice]],
     return loaded
 
 
-def show_predictions(analysis: "ImageResult", threshold: float) -> None:
+def show_predictions(analysis: "ImageResult", threshold: float, weight_names: dict[str, str] | None = None) -> None:
     st.subheader("Predictions")
-    charts = [(f"**{r.model}** · `{r.weights}` · {r.backend}", r.predictions) for r in analysis.results]
+    names = weight_names or {}
+    charts = [(f"**{r.model}** · `{names.get(r.weights, r.weights)}` · {r.backend}", r.predictions)
+              for r in analysis.results]
     if analysis.combined_predictions:
         charts.append((f"**combined** · ensembler `{analysis.ensembler}`", analysis.combined_predictions))
     for column, (title, predictions) in zip(st.columns(max(len(charts), 2)), charts):
@@ -288,31 +290,33 @@ def show_predictions(analysis: "ImageResult", threshold: float) -> None:
 
 
 def resolve_ground_truth(text: str, file: Any, image: "XrayImage", name: str, pathology: str,
-                         labels: set[str], example: tuple[GroundTruth, ...] = ()) -> GroundTruth | None:
+                         labels: set[str], example: tuple[GroundTruth, ...] = ()) -> list[GroundTruth]:
     """The ground truth to score against: typed text, else a loaded file, else the example's own
-    boxes (the demo's box list); errors raise."""
+    boxes (the demo's box list). From a file or an example: every box of the class
+    :func:`~xcam.ui.groundtruth.pick` finds (as the chain takes a box list's rows). Errors raise."""
     from xcam.core.errors import UsageError
     from xcam.core.metrics import check_box_in_image
 
     if text and text.strip():
-        gt = parse_text(text, image.width, image.height)
-    elif file is not None:
-        gt = pick(parse_file(file.getvalue(), name), pathology)
+        found = [parse_text(text, image.width, image.height)]
+    elif file is not None or example:
+        known = {label_key(label) for label in labels}  # an example's boxes of other classes are not an error
+        boxes = parse_file(file.getvalue(), name) if file is not None else \
+            [g for g in example if label_key(g.label) in known]
+        gt = pick(boxes, pathology)
         if gt is None:
-            st.info(f"The loaded box file has no {pathology} box for {name}.")
-            return None
-        check_box_in_image(gt.box, image.width, image.height, what=f"ground truth {gt.label}")
-    elif example:
-        gt = pick(list(example), pathology)
-        if gt is None:
-            return None
-        check_box_in_image(gt.box, image.width, image.height, what=f"ground truth {gt.label}")
+            if file is not None:
+                st.info(f"The loaded box file has no {pathology} box for {name}.")
+            return []
+        found = [g for g in boxes if label_key(g.label) == label_key(gt.label)]
+        for g in found:
+            check_box_in_image(g.box, image.width, image.height, what=f"ground truth {g.label}")
     else:
-        return None
-    if label_key(gt.label) not in {label_key(label) for label in labels}:
-        raise UsageError(f"unknown class {gt.label!r} in the ground truth; the selected models predict: "
+        return []
+    if label_key(found[0].label) not in {label_key(label) for label in labels}:
+        raise UsageError(f"unknown class {found[0].label!r} in the ground truth; the selected models predict: "
                          f"{', '.join(sorted(labels))}")
-    return gt
+    return found
 
 
 def show_explanations(grey: "np.ndarray", analysis: "ImageResult", alpha: float, files: dict[str, "np.ndarray"]) -> None:
@@ -408,7 +412,7 @@ def analyse(pm: "XcamPluginManager", s: UiSettings, picked: Picked, selection: l
         return
     page = engine.document(first, name, settings, **extra)
     st.session_state["xcam_document"] = page
-    show_predictions(first, threshold)
+    show_predictions(first, threshold, {c.value: "demo model" for _, c in selection if c.demo})
 
     predictions = [r.predictions for r in first.results]
     labels = {label for p in predictions for label in p}
@@ -420,13 +424,14 @@ def analyse(pm: "XcamPluginManager", s: UiSettings, picked: Picked, selection: l
                                help="Sorted by the highest probability any selected model gives it.")
     alpha = right.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="alpha")
     try:
-        gt = resolve_ground_truth(*gt_input, image, name, pathology, labels, truth)
+        gts = resolve_ground_truth(*gt_input, image, name, pathology, labels, truth)
     except XcamError as exc:
         st.error(f"Ground truth: {exc}")
-        gt = None
-    if gt is not None and label_key(gt.label) != label_key(pathology):
-        st.warning(f"The ground truth is a {gt.label} box; choose {gt.label} as the pathology to score against it.")
-        gt = None
+        gts = []
+    if gts and label_key(gts[0].label) != label_key(pathology):
+        label = gts[0].label
+        st.warning(f"The ground truth is a {label} box; choose {label} as the pathology to score against it.")
+        gts = []
 
     try:
         with st.spinner(f"{method_summary(settings)}: {pathology} …"):
@@ -438,7 +443,7 @@ def analyse(pm: "XcamPluginManager", s: UiSettings, picked: Picked, selection: l
     for model in engine.missing_class(analysis, pathology):
         known = next(r.predictions for r in analysis.results if r.model == model)
         st.error(f"{model} does not predict {pathology!r}; its classes: {', '.join(known)}")
-    analysis = engine.with_ground_truth(analysis, (gt.label, gt.box) if gt else None)
+    analysis = engine.with_ground_truth(analysis, [(g.label, g.box) for g in gts])
     page = engine.document(analysis, name, settings, **extra, pathology=pathology, opacity=alpha)
     st.session_state["xcam_document"] = page
     if not analysis.findings:

@@ -111,23 +111,26 @@ def missing_class(result: "ImageResult", pathology: str) -> list[str]:
     return [r.model for r in result.results if key not in {label_key(label) for label in r.predictions}]
 
 
-def with_ground_truth(result: "ImageResult", gt: tuple[str, Box] | None) -> "ImageResult":
-    """A copy whose findings (and consolidations) of ``gt``'s class carry that box and its metrics,
-    computed as the chain computes them (arrays shared, not copied)."""
-    if gt is None:
+def with_ground_truth(result: "ImageResult",
+                      gt: "tuple[str, Box] | Sequence[tuple[str, Box]] | None") -> "ImageResult":
+    """A copy whose findings (and consolidations) of the ground truth's class carry its boxes and
+    their metrics, computed as the chain computes them (against the box the top box overlaps most;
+    arrays shared, not copied). ``gt``: one ``(label, box)`` or several (a box list's rows)."""
+    if not gt:
         return result
-    label, box = gt
-    box = tuple(float(v) for v in box)  # type: ignore[assignment]
+    pairs = [gt] if isinstance(gt[0], str) else list(gt)  # type: ignore[list-item]
+    truth = [(str(label), tuple(float(v) for v in box)) for label, box in pairs]  # type: ignore[union-attr]
 
     def scored(item: Any) -> Any:
-        if label_key(item.pathology) != label_key(label):
+        boxes = [box for label, box in truth if label_key(label) == label_key(item.pathology)]
+        if not boxes:
             return item
-        metrics = box_metrics(item.boxes, item.peak, [box], result.width, result.height)
-        return dataclasses.replace(item, ground_truth=[box], metrics=metrics)
+        metrics = box_metrics(item.boxes, item.peak, boxes, result.width, result.height)
+        return dataclasses.replace(item, ground_truth=boxes, metrics=metrics)
 
     results = [dataclasses.replace(r, findings=[scored(f) for f in r.findings]) for r in result.results]
     return dataclasses.replace(result, results=results, consolidated=[scored(c) for c in result.consolidated],
-                               ground_truth=[(label, box)])
+                               ground_truth=truth)
 
 
 def document(result: "ImageResult", name: str, settings: ChainSettings | None = None, **extra: Any) -> dict[str, Any]:
