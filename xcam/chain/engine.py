@@ -97,6 +97,41 @@ def prepare(source: "str | Path | XrayImage", shapes: Sequence[Shape], keep_imag
     return item
 
 
+def decode_ahead(sources: Iterable["str | Path"], shapes: Sequence[Shape], pool: cf.Executor, max_inflight: int, *,
+                 keep_images: bool = False, ground_truth: Callable[[str], GroundTruth] | None = None,
+                 on_queue: Callable[[int], None] | None = None) -> Iterator[Prepared]:
+    """:func:`prepare` of every source in ``pool``, yielded in input order, never more than
+    ``max_inflight`` submitted and not yet taken (``on_queue`` sees the queue length)."""
+    queue: collections.deque[cf.Future[Prepared]] = collections.deque()
+    paths = iter(sources)
+    exhausted = False
+    while True:
+        while not exhausted and len(queue) < max_inflight:
+            path = next(paths, None)
+            if path is None:
+                exhausted = True
+                break
+            gts = ground_truth(str(path)) if ground_truth is not None else ()
+            queue.append(pool.submit(prepare, path, tuple(shapes), keep_images, gts))
+        if on_queue is not None:
+            on_queue(len(queue))
+        if not queue:
+            return
+        yield queue.popleft().result()
+
+
+def batched(items: Iterable[Prepared], size: int) -> Iterator[list[Prepared]]:
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    batch: list[Prepared] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class Chain:
     """Models loaded once; :meth:`run` turns prepared inputs into :class:`ImageResult` objects.
 
@@ -184,37 +219,21 @@ class Chain:
                ground_truth: Callable[[str], GroundTruth] | None = None,
                on_result: Callable[[ImageResult], None] | None = None) -> Iterator[ImageResult]:
         """Results in input order: decoding runs ``workers`` threads ahead of inference (at most
-        ``2·batch_size + 2·workers`` inputs held at once)."""
-        inflight = 2 * batch_size + 2 * workers
-        queue: collections.deque[cf.Future[Prepared]] = collections.deque()
-        paths = iter(sources)
-        exhausted = False
+        ``2·batch_size + 2·workers`` inputs held at once, :func:`decode_ahead`)."""
         with cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="xcam-decode") as pool:
-            batch: list[Prepared] = []
-            while True:
-                while not exhausted and len(queue) < inflight:
-                    path = next(paths, None)
-                    if path is None:
-                        exhausted = True
-                        break
-                    gts = ground_truth(str(path)) if ground_truth is not None else ()
-                    queue.append(pool.submit(prepare, path, self.shapes, self.keep_images, gts))
-                if queue:
-                    batch.append(queue.popleft().result())
-                if batch and (not queue or len(batch) >= batch_size):
-                    try:
-                        done, stop = self.run(batch), None
-                    except PluginGaveUp as exc:
-                        done, stop = exc.done, exc
-                    for result in done:
-                        if on_result is not None:
-                            on_result(result)
-                        yield result
-                    if stop is not None:
-                        raise stop
-                    batch = []
-                if not queue and exhausted and not batch:
-                    return
+            prepared = decode_ahead(sources, self.shapes, pool, 2 * batch_size + 2 * workers,
+                                    keep_images=self.keep_images, ground_truth=ground_truth)
+            for batch in batched(prepared, batch_size):
+                try:
+                    done, stop = self.run(batch), None
+                except PluginGaveUp as exc:
+                    done, stop = exc.done, exc
+                for result in done:
+                    if on_result is not None:
+                        on_result(result)
+                    yield result
+                if stop is not None:
+                    raise stop
 
     # -- running -------------------------------------------------------------------------------
     def analyze(self, source: "str | Path | XrayImage", ground_truth: GroundTruth = ()) -> ImageResult:

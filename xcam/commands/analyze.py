@@ -102,7 +102,7 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
     from xcam.chain.engine import build_chain, ground_truth_lookup, with_model_weights
     from xcam.chain.models import LoadOptions
     from xcam.chain.outputs import write_result
-    from xcam.chain.results import Timings, result_dict
+    from xcam.chain.results import Timings
     from xcam.chain.settings import ClassChoice
     from xcam.commands._common import renamed_option, settings_from_options, split_csv
     from xcam.commands.cam import split_names
@@ -173,7 +173,7 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
         done += 1
         total.add(result.timings)
         summary.append({"image": result.path, "status": "ok", "folder": str(out_root / folder),
-                        "seconds": result_dict(result)["seconds"]})
+                        "seconds": dict(result.timings.seconds)})
         if not quiet:
             tqdm.write(summary_line(result.path, result), file=sys.stdout)
     bar.close()

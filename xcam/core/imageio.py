@@ -105,7 +105,12 @@ def _normalise(array: np.ndarray, path: Path) -> tuple[np.ndarray, int]:
             raise ImageLoadError(path, f"unsupported channel count {channels}")
     if array.ndim != 2:
         raise ImageLoadError(path, f"unsupported image shape {array.shape}")
-    if array.dtype == np.uint16 or (array.dtype.kind == "f" and array.max() > 255):
+    if array.dtype in (np.uint8, np.uint16):  # integers are in range already: one scaling pass, in place
+        depth = 8 if array.dtype == np.uint8 else 16
+        out = array.astype(np.float32)
+        out *= np.float32(1.0 / (255.0 if depth == 8 else 65535.0))
+        return out, depth
+    if array.dtype.kind == "f" and array.max() > 255:
         depth, maxval = 16, 65535.0
     elif array.dtype.kind == "f" and array.max() <= 1.0:
         depth, maxval = 32, 1.0

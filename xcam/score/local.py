@@ -9,13 +9,12 @@ At most ``max_inflight`` inputs are held at once, however many inputs stream in.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import multiprocessing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-from xcam.chain.engine import Prepared, prepare
+from xcam.chain.engine import Prepared, decode_ahead
 from xcam.chain.guard import PluginGaveUp
 from xcam.score.schema import OK, Row
 from xcam.score.scorer import Shape
@@ -48,20 +47,12 @@ def make_pool(kind: str, workers: int) -> cf.Executor:
 def prepared_stream(
     paths: Iterator[str], shapes: Sequence[Shape], pool: cf.Executor, max_inflight: int, stats: EngineStats
 ) -> Iterator[Prepared]:
-    """Prepared inputs in input order, never more than ``max_inflight`` submitted and not yet taken."""
-    queue: collections.deque[cf.Future[Prepared]] = collections.deque()
-    exhausted = False
-    while True:
-        while not exhausted and len(queue) < max_inflight:
-            path = next(paths, None)
-            if path is None:
-                exhausted = True
-                break
-            queue.append(pool.submit(prepare, path, tuple(shapes)))
-        stats.peak_inflight = max(stats.peak_inflight, len(queue))
-        if not queue:
-            return
-        yield queue.popleft().result()
+    """Prepared inputs in input order, never more than ``max_inflight`` submitted and not yet taken
+    (the chain's :func:`~xcam.chain.engine.decode_ahead`, with the peak recorded in ``stats``)."""
+    def peak(length: int) -> None:
+        stats.peak_inflight = max(stats.peak_inflight, length)
+
+    return decode_ahead(paths, shapes, pool, max_inflight, on_queue=peak)
 
 
 def run_local(
