@@ -143,12 +143,16 @@ def oracle_plugin(phantom_set: Path, size: int, shift: float = 0.0):
     return types.SimpleNamespace(xcam_cam_methods=xcam_cam_methods)
 
 
-def _evaluate(pm, phantom_set: Path, checkpoint: Path, output: Path | None = None, **kw):
+def _evaluate(pm, phantom_set: Path, checkpoint: Path | list[Path], output: Path | None = None, **kw):
+    """``xcam evaluate`` in process: the default profile with ``kw`` as command-line overrides
+    (``method``, ``mask``, ``mask_options``, ``layers``, ``aug_smooth``)."""
+    from xcam.chain.settings import Overrides
     from xcam.evaluation.run import EvalConfig, evaluate
 
+    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]
     config = EvalConfig(imgpath=str(phantom_set / "images"), bbox_csv=str(phantom_set / "BBox_List_2017.csv"),
-                        models=["mobilenetv3"], weights=[str(checkpoint)], output=str(output) if output else None,
-                        progress=False, **kw)
+                        models=[f"mobilenetv3:{c}" for c in checkpoints], output=str(output) if output else None,
+                        progress=False, overrides=Overrides(**kw))
     return evaluate(config, pm)
 
 
@@ -184,16 +188,17 @@ def test_shifted_oracle_does_not(fresh_pm, phantom_set: Path, random_checkpoint:
     assert mean["pointing"] < 0.3 and mean["iou"]["0.1"] < 0.3
 
 
-def test_an_ensemble_of_one_model_twice_equals_the_model(fresh_pm, phantom_set: Path, random_checkpoint: Path):
-    single = _evaluate(fresh_pm, phantom_set, random_checkpoint, method="gradcam", cam_layers=None)
-    from xcam.evaluation.run import EvalConfig, evaluate
+def test_an_ensemble_of_one_model_twice_equals_the_model(fresh_pm, phantom_set: Path, random_checkpoint: Path,
+                                                          tmp_path: Path):
+    import shutil
 
-    config = EvalConfig(imgpath=str(phantom_set / "images"), bbox_csv=str(phantom_set / "BBox_List_2017.csv"),
-                        models=["mobilenetv3", "mobilenetv3"], weights=[str(random_checkpoint)] * 2, output=None,
-                        progress=False, method="gradcam", cam_layers=None)
-    double = evaluate(config, fresh_pm)
+    single = _evaluate(fresh_pm, phantom_set, random_checkpoint, method="gradcam", layers="model", aug_smooth=False)
+    copy = Path(shutil.copyfile(random_checkpoint, tmp_path / "copy.pt"))  # the same weights under another name
+    double = _evaluate(fresh_pm, phantom_set, [random_checkpoint, copy], method="gradcam", layers="model",
+                       aug_smooth=False)
+    assert [m["name"] for m in double.summary["models"]] == [f"mobilenetv3@{random_checkpoint}", f"mobilenetv3@{copy}"]
     boxes = lambda result: [[p[:4] for p in r.preds] for r in result.records]  # noqa: E731 (scores rescale)
-    assert boxes(double) == boxes(single)
+    assert boxes(double) == boxes(single)  # the mean of two equal CAMs is the CAM
     assert double.summary["mean"]["pointing"] == single.summary["mean"]["pointing"]
 
 
@@ -213,19 +218,22 @@ def test_cam_options_reach_the_method(fresh_pm, phantom_set: Path, random_checkp
             yield CamMethodRegistration(name="recorder", compute=compute)
 
     fresh_pm.load_object(Recorder(), name="recorder-test")
-    _evaluate(fresh_pm, phantom_set, random_checkpoint, method="recorder", cam_layers=None)
-    assert seen and all(o == {"aug_smooth": True} for o in seen)  # the default
+    _evaluate(fresh_pm, phantom_set, random_checkpoint, method="recorder", layers="model")
+    # the default profile's test-time augmentation for mobilenetv3, on the checkpoint's CAM layer
+    assert seen and all(o["aug_smooth"] is True and o["target_layer"] == "net.features.8" for o in seen)
     seen.clear()
-    _evaluate(fresh_pm, phantom_set, random_checkpoint, method="recorder", cam_layers=None, aug_smooth=False)
-    assert seen and all(not o.get("aug_smooth") for o in seen)
+    _evaluate(fresh_pm, phantom_set, random_checkpoint, method="recorder", layers="model", aug_smooth=False)
+    assert seen and all(o["aug_smooth"] is False for o in seen)
 
 
 def test_layer_fusion_and_unknown_method(fresh_pm, phantom_set: Path, random_checkpoint: Path):
-    from xcam.core.errors import UsageError
+    from xcam.core.errors import XcamError
 
-    fused = _evaluate(fresh_pm, phantom_set, random_checkpoint, cam_layers=["net.features.8", "net.features.12"])
+    fused = _evaluate(fresh_pm, phantom_set, random_checkpoint, layers=["net.features.8", "net.features.12"],
+                      aug_smooth=False)
     assert fused.summary["mean"]["n_boxes"] == len(fused.records)
-    with pytest.raises(UsageError, match="unknown cam method"):
+    assert fused.summary["models"][0]["cam_layer"] == "net.features.8+net.features.12"
+    with pytest.raises(XcamError, match="unknown cam method 'no-such-cam'"):
         _evaluate(fresh_pm, phantom_set, random_checkpoint, method="no-such-cam")
 
 
