@@ -138,6 +138,15 @@ class EpochPlan:
         self.max_epochs = self.epochs = int(epochs)
         self.budget_s = budget_s
 
+    CALIBRATION_STEPS = 12
+    """With a budget, the plan is made after this many training steps of the first epoch (the
+    first step, slow to start, is left out), so the LR schedule fits the budget from the start."""
+
+    def calibrate(self, step_seconds: float, steps_per_epoch: int, validation_steps: float) -> int:
+        """Plan from the measured seconds per training step: an epoch is ``steps_per_epoch``
+        steps plus validation (``validation_steps`` step-equivalents of forward passes)."""
+        return self.after_first_epoch(step_seconds * (steps_per_epoch + validation_steps))
+
     def after_first_epoch(self, seconds: float) -> int:
         """Plan from the first epoch's duration: ``floor(budget / seconds)`` epochs, at least 1."""
         if self.budget_s is not None:
@@ -155,12 +164,14 @@ def lr_lambda(schedule: str, steps_per_epoch: int, epochs: int | EpochPlan) -> C
     """Multiplier of the base LR at optimizer step ``s`` (a pure function of the step and the
     plan, so it resumes). With an :class:`EpochPlan` the schedule stretches to the planned epochs."""
     plan = epochs if isinstance(epochs, EpochPlan) else EpochPlan(epochs)
-    warm = min(steps_per_epoch, max(steps_per_epoch * plan.epochs, 1) // 4) if schedule == "cosine" else 0
-
     def total_steps() -> int:
         return max(steps_per_epoch * plan.epochs, 1)
 
+    def warm_steps() -> int:  # one epoch, at most a quarter of the run (follows the plan)
+        return max(min(steps_per_epoch, total_steps() // 4), 1) if schedule == "cosine" else 0
+
     def cosine(step: int) -> float:
+        warm = warm_steps()
         if step < warm:
             return (step + 1) / warm
         t = min((step - warm) / max(total_steps() - warm, 1), 1.0)
@@ -351,7 +362,17 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
         model.train()
         total, seen, ys, ps = 0.0, 0, [], []
         bar = progress_bar(len(loader), f"epoch {epoch}/{plan.epochs}", enabled=config.progress, unit="batch")
-        for x, y in loader:
+        calibrate = epoch == 1 and config.budget_s is not None and start == 1
+        for step, (x, y) in enumerate(loader):
+            if calibrate and step == 1:
+                calibration_start = time.perf_counter()
+            if calibrate and step == 1 + EpochPlan.CALIBRATION_STEPS:
+                per_step = (time.perf_counter() - calibration_start) / EpochPlan.CALIBRATION_STEPS
+                validation = 0.35 * len(val_set) / config.batch_size  # forward only: about a third of a step
+                planned = plan.calibrate(per_step, steps_per_epoch, validation)
+                log(f"time budget {config.budget_s:.0f} s, about {per_step * (steps_per_epoch + validation):.0f} s "
+                    f"per epoch: {planned} epoch{'s' if planned != 1 else ''} (of at most {config.epochs}); "
+                    f"the LR schedule follows")
             if config.augment:
                 x = augment_batch(x, aug)
             logits = model(x)
@@ -378,9 +399,11 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
         }
         history.append(row)
         if epoch == 1 and config.budget_s is not None:
-            planned = plan.after_first_epoch(row["seconds"])
-            log(f"time budget {config.budget_s:.0f} s, {row['seconds']:.1f} s per epoch: {planned} epoch"
-                f"{'s' if planned != 1 else ''} (of at most {config.epochs}); the LR schedule follows")
+            before = plan.epochs
+            planned = plan.after_first_epoch(row["seconds"])  # the measured epoch corrects the estimate
+            if planned != before or steps_per_epoch <= EpochPlan.CALIBRATION_STEPS + 1:
+                log(f"time budget {config.budget_s:.0f} s, {row['seconds']:.1f} s per epoch: {planned} epoch"
+                    f"{'s' if planned != 1 else ''} (of at most {config.epochs}); the LR schedule follows")
         score = val_auc if not math.isnan(val_auc) else -val_loss
         improved = score > best_auc
         if improved:
