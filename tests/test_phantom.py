@@ -28,7 +28,10 @@ SIZE = 160
 
 
 def real_nih(name: str) -> Path:
-    path = (shared_data_dir() or Path("/nonexistent")) / "nih" / name
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip("real NIH fixtures not available (../shared/data or $XCAM_TEST_DATA)")
+    path = root / "nih" / name
     if not path.exists():
         pytest.skip(f"real NIH fixture {path} not available (set XCAM_TEST_DATA)")
     return path

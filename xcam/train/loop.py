@@ -157,6 +157,8 @@ class EpochPlan:
         """Whether epoch ``done + 1`` is planned and (with a budget) fits in the time left."""
         if done >= self.epochs:
             return False
+        if done == 0:  # at least one epoch, whatever the budget
+            return True
         return self.budget_s is None or elapsed + per_epoch <= self.budget_s * 1.05
 
 
@@ -282,6 +284,7 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict[str, Any]], Non
           log: Callable[[str], None] = print) -> TrainResult:
     """Train (or resume) and return where the best checkpoint is. ``on_epoch_end(epoch, row)`` runs
     after each epoch has been saved (tests use it to simulate an interruption)."""
+    started = time.perf_counter()  # a time budget counts reading, model building and decoding too
     if config.epochs < 1 or config.batch_size < 1 or config.img_size < 32:
         raise UsageError("--epochs and --batch-size must be ≥ 1 and --img-size ≥ 32")
     out = Path(config.out)
@@ -301,13 +304,13 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict[str, Any]], Non
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _run(config, model, table, train_set, val_set, out, cache, on_epoch_end, log)
+        return _run(config, model, table, train_set, val_set, out, cache, on_epoch_end, log, started)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
 def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, val_set: XrayDataset, out: Path,
-         cache: bool, on_epoch_end, log) -> TrainResult:
+         cache: bool, on_epoch_end, log, started: float | None = None) -> TrainResult:
     from torch.utils.data import DataLoader
 
     from xcam.core.progress import progress_bar
@@ -344,6 +347,8 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
 
     val_loader = DataLoader(val_set, batch_size=max(config.batch_size, 32), shuffle=False, num_workers=config.workers)
     clock = time.perf_counter()
+    if plan.budget_s is not None and started is not None:  # what the set-up took is not left for epochs
+        plan.budget_s = max(plan.budget_s - (clock - started), 0.0)
     spent = sum(float(r.get("seconds", 0.0)) for r in history)  # earlier sessions of a resumed run
     epoch = start - 1
     while plan.another_fits(spent + time.perf_counter() - clock, _mean_epoch(history), epoch):
@@ -370,7 +375,8 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
                 per_step = (time.perf_counter() - calibration_start) / EpochPlan.CALIBRATION_STEPS
                 validation = 0.35 * len(val_set) / config.batch_size  # forward only: about a third of a step
                 planned = plan.calibrate(per_step, steps_per_epoch, validation)
-                log(f"time budget {config.budget_s:.0f} s, about {per_step * (steps_per_epoch + validation):.0f} s "
+                log(f"time budget {config.budget_s:.0f} s ({plan.budget_s:.0f} s left after loading), about "
+                    f"{per_step * (steps_per_epoch + validation):.0f} s "
                     f"per epoch: {planned} epoch{'s' if planned != 1 else ''} (of at most {config.epochs}); "
                     f"the LR schedule follows")
             if config.augment:
