@@ -24,9 +24,9 @@ PRESETS: dict[str, tuple[int, int, int, int, int, int, float]] = {
     "fast": (300, 60, 128, 128, 6, 16, 2e-3),
 }
 BUDGETS: dict[str, str] = {"full": "75s", "fast": "40s"}
-"""Default training budget per preset: with phantoms (made once, about 50 s, then cached),
-evaluation and files the full demo stays within about three minutes on a 2-core CPU (measured on
-an AMD EPYC: 100 s of training made the first run 203 s)."""
+"""Default training budget per preset (loading and decoding included): with phantoms (made once,
+about 50 s, then cached), evaluation and files the full demo stays within three minutes on a
+2-core CPU (measured on an AMD EPYC: first run 2 min 49 s; with 100 s of training it took 203 s)."""
 ARCH = "mobilenet_v3_small"
 TRAIN_EXTRAS = {"augment": False, "pos_weight": "sqrt", "seed": 0}
 SEEDS = (20240, 20241)  # training phantoms, held-out phantoms
