@@ -96,6 +96,8 @@ def check_classifier(
     import numpy as np
     import torch
 
+    from xcam.core.contracts import cam_problem
+
     report = ContractReport(registration.name)
     try:
         model = registration.build(variant, random_init=random_init)
@@ -131,10 +133,11 @@ def check_classifier(
         try:
             method = manager.cam_method(cam_method)
             cams = method.compute(model, x, [model.valid_indices[0]] * batch)
-            if cams.shape != (batch, size, size):
-                report.problems.append(f"CAM shape {cams.shape} != {(batch, size, size)}")
-            elif not np.isfinite(cams).all() or cams.min() < 0 or cams.max() > 1:
-                report.problems.append("CAM values not finite or outside [0, 1]")
+            problem = cam_problem(cams, batch)  # the check the chain applies to every CAM plugin
+            if problem is None and np.shape(cams)[-2:] != (size, size):
+                problem = f"CAM shape {np.shape(cams)} != {(batch, size, size)}"
+            if problem:
+                report.problems.append(f"CAM: {problem}")
             else:
                 report.checks.append(f"{cam_method} CAM shape and range")
         except Exception as exc:  # noqa: BLE001

@@ -6,7 +6,8 @@ from and the exception, in one line; a result that breaks the plugin contract (w
 infinity, a CAM outside [0, 1], a mask of the wrong size, a box outside the grid) becomes one too,
 naming the contract. The chain turns a failure into an error on the images it was computing, never
 a crash later on. :class:`FailureCounter` stops a job early when one plugin fails on every call.
-The same checks are the contract :mod:`xcam.testing` offers plugin authors.
+The checks themselves are :mod:`xcam.core.contracts`, the contract :mod:`xcam.testing` offers
+plugin authors too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
+from xcam.core.contracts import box_problem, cam_problem, mask_problem, probabilities_problem
 from xcam.core.errors import XcamError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,12 +97,14 @@ class Guard:
         except Exception as exc:  # noqa: BLE001 - other people's code: anything may come out
             raise self.failure(kind, name, _one_line(exc)) from exc
 
-    # -- contracts ------------------------------------------------------------------------------
+    # -- contracts (the checks of xcam.core.contracts) ------------------------------------------------
+    def _broke(self, kind: str, name: str, problem: str | None) -> None:
+        if problem:
+            raise self.failure(kind, name, f"broke the contract: {problem}")
+
     def cams(self, name: str, maps: Any, count: int) -> np.ndarray:
         """A CAM method's output: ``[count, h, w]``, finite, in [0, 1] (a little rounding allowed)."""
-        problem = cam_problem(maps, count)
-        if problem:
-            raise self.failure("cam method", name, f"broke the contract: {problem}")
+        self._broke("cam method", name, cam_problem(maps, count))
         return np.asarray(maps, dtype=np.float32)
 
     def combined(self, name: str, cam: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -108,17 +112,13 @@ class Guard:
         problem = cam_problem(np.asarray(cam)[None] if np.ndim(cam) == 2 else cam, 1)
         if not problem and tuple(np.shape(cam)) != tuple(shape):
             problem = f"combined CAM of shape {tuple(np.shape(cam))} for inputs of shape {tuple(shape)}"
-        if problem:
-            raise self.failure("ensembler", name, f"broke the contract: {problem}")
+        self._broke("ensembler", name, problem)
         return np.asarray(cam, dtype=np.float32)
 
     def mask(self, name: str, mask: Any, shape: tuple[int, ...]) -> np.ndarray:
         """A mask extractor's output: a 2-D array of the CAM's shape."""
-        a = np.asarray(mask)
-        if a.shape != tuple(shape):
-            raise self.failure("mask extractor", name,
-                               f"broke the contract: mask of shape {a.shape} for a CAM of shape {tuple(shape)}")
-        return a.astype(bool, copy=False)
+        self._broke("mask extractor", name, mask_problem(mask, shape))
+        return np.asarray(mask).astype(bool, copy=False)
 
     def boxes(self, name: str, boxes: Any, shape: tuple[int, int]) -> list["ScoredBox"]:
         """A bbox strategy's output: boxes with finite coordinates inside the ``(rows, cols)`` grid."""
@@ -129,43 +129,16 @@ class Guard:
         except TypeError:
             raise self.failure("bbox strategy", name,
                                f"broke the contract: returned {type(boxes).__name__}, not a list of boxes") from None
-        rows, cols = shape
         for b in items:
             if not isinstance(b, ScoredBox):
-                raise self.failure("bbox strategy", name,
-                                   f"broke the contract: returned {type(b).__name__}, not ScoredBox")
-            values = (b.x, b.y, b.width, b.height, b.score)
-            if not all(np.isfinite(values)):
-                raise self.failure("bbox strategy", name, f"broke the contract: non-finite box {values}")
-            if b.x < -1e-6 or b.y < -1e-6 or b.width < 0 or b.height < 0 or b.x2 > cols + 1e-6 or b.y2 > rows + 1e-6:
-                raise self.failure("bbox strategy", name, f"broke the contract: box (x={b.x:g}, y={b.y:g}, "
-                                   f"w={b.width:g}, h={b.height:g}) outside the {cols}x{rows} mask")
+                self._broke("bbox strategy", name, f"returned {type(b).__name__}, not ScoredBox")
+            self._broke("bbox strategy", name, box_problem(b, shape))
         return items
 
     def probabilities(self, name: str, probs: Any, count: int, classes: int) -> np.ndarray:
         """A classifier's output: ``[count, classes]`` finite values."""
-        a = np.asarray(probs)
-        if a.shape != (count, classes):
-            raise self.failure("classifier", name,
-                               f"broke the contract: output of shape {a.shape} for {count} images and {classes} labels")
-        if not np.isfinite(a).all():
-            raise self.failure("classifier", name, "broke the contract: NaN or infinite output")
-        return a
-
-
-def cam_problem(maps: Any, count: int, tolerance: float = 1e-3) -> str | None:
-    """What is wrong with CAMs that should be ``[count, h, w]``, finite and in [0, 1]; ``None`` if nothing."""
-    try:
-        a = np.asarray(maps, dtype=np.float64)
-    except (TypeError, ValueError):
-        return f"returned {type(maps).__name__}, not an array"
-    if a.ndim != 3 or a.shape[0] != count or a.shape[1] < 1 or a.shape[2] < 1:
-        return f"maps of shape {a.shape} for {count} image(s) (expected [{count}, h, w])"
-    if not np.isfinite(a).all():
-        return "NaN or infinite values in the maps"
-    if a.size and (a.min() < -tolerance or a.max() > 1 + tolerance):
-        return f"values outside [0, 1] (min {a.min():.3g}, max {a.max():.3g})"
-    return None
+        self._broke("classifier", name, probabilities_problem(probs, count, classes))
+        return np.asarray(probs)
 
 
 class FailureCounter:

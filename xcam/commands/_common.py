@@ -161,3 +161,21 @@ def parse_duration(text: str, what: str) -> float:
         raise UsageError(f"{what} {text!r}: expected a duration such as 120s, 10m or 1.5h")
     factor = {"m": 60, "min": 60, "h": 3600}.get(match.group(2) or "s", 1)
     return float(match.group(1)) * factor
+
+
+def plugin_failure_options(f: Callable) -> Callable:
+    """``--fail-fast`` and ``--max-plugin-failures`` of the batch commands."""
+    f = click.option("--max-plugin-failures", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="Stop the job when one plugin fails on N images in a row (default 20; 0: never). "
+                          "What was written stays; rerunning resumes.")(f)
+    return click.option("--fail-fast", is_flag=True,
+                        help="Stop at the first exception a plugin raises (debugging; with --debug: the traceback). "
+                             "Without it the images a plugin fails on are recorded as errors and the job goes on.")(f)
+
+
+def failure_limits(fail_fast: bool, max_plugin_failures: int | None) -> dict[str, object]:
+    """The chain's ``fail_fast``/``max_plugin_failures`` from those options (``None``: the default)."""
+    out: dict[str, object] = {"fail_fast": fail_fast}
+    if max_plugin_failures is not None:
+        out["max_plugin_failures"] = max_plugin_failures or None
+    return out

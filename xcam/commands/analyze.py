@@ -19,6 +19,8 @@ from xcam.commands._common import (
     cam_options,
     device_option,
     plugin_manager,
+    failure_limits,
+    plugin_failure_options,
     profile_option,
     resolve_device,
     weights_dir_option,
@@ -84,6 +86,7 @@ def summary_line(path: str, analysis: "ImageResult") -> str:
               help="Backend for classification (CAMs in-graph when it serves the method, else on PyTorch).")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Decoding threads.")
+@plugin_failure_options
 @device_option
 @weights_dir_option
 @accept_changed_weights_option
@@ -93,13 +96,15 @@ def summary_line(path: str, analysis: "ImageResult") -> str:
 @click.option("--quiet", is_flag=True, help="No per-image lines.")
 def analyze(input_path, models, weights, target_classes, top_k, threshold, profile, method, cam_layers, aug_smooth,
             eigen_smooth, mask_name, mask_option, strategy, strategy_option, ensembler, model_weights,
-            ground_truth_csv, gt_classes, output_dir, no_render, json_only, backend, batch_size, workers, device,
+            ground_truth_csv, gt_classes, output_dir, no_render, json_only, backend, batch_size, workers, fail_fast,
+            max_plugin_failures, device,
             weights_dir, accept_changed_weights, random_weights, threads, quiet) -> None:
     """Whole chain: classify, CAMs, masks, boxes, consolidation across models, metrics."""
     import sys
     from pathlib import Path
 
     from xcam.chain.engine import build_chain, ground_truth_lookup, with_model_weights
+    from xcam.chain.guard import PluginGaveUp
     from xcam.chain.models import LoadOptions
     from xcam.chain.outputs import write_result
     from xcam.chain.results import Timings
@@ -141,7 +146,8 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
     render = not (no_render or json_only)
     try:
         chain = build_chain(pm, models, settings, choice, weights=weights, store=store, keep_images=render,
-                            load=LoadOptions(backend=backend, device=resolve_device(device), random_init=random_weights))
+                            load=LoadOptions(backend=backend, device=resolve_device(device), random_init=random_weights),
+                            **failure_limits(fail_fast, max_plugin_failures))
     except ModuleNotFoundError as exc:
         raise XcamError(f"--backend {backend}: not available in this installation ({exc.name} missing)") from None
     try:
@@ -155,35 +161,45 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
     summary: list[dict[str, Any]] = []
     used: dict[str, int] = {}
     bar = progress_bar(len(files), "analyze", enabled=len(files) >= 2, unit="image")
-    for result in chain.stream(files, batch_size=batch_size, workers=workers, ground_truth=ground_truth_lookup(truth)):
-        bar.update(1)
-        try:
-            if result.error is not None:
-                raise XcamError(f"{result.path}: {result.error}")
-            stem = result.stem
-            folder = stem if stem not in used else f"{stem}_{used[stem] + 1}"
-            used[stem] = used.get(stem, 0) + 1
-            write_result(result, out_root, render=render, arrays=not json_only, folder_name=folder,
-                         settings=settings.as_dict())
-        except XcamError as exc:
-            failures.append(result.path)
-            summary.append({"image": result.path, "status": "error", "error": str(exc)})
-            tqdm.write(f"error: {exc}", file=sys.stderr)
-            continue
-        done += 1
-        total.add(result.timings)
-        summary.append({"image": result.path, "status": "ok", "folder": str(out_root / folder),
-                        "seconds": dict(result.timings.seconds)})
-        if not quiet:
-            tqdm.write(summary_line(result.path, result), file=sys.stdout)
+    stopped = None
+    try:
+        for result in chain.stream(files, batch_size=batch_size, workers=workers,
+                                   ground_truth=ground_truth_lookup(truth)):
+            bar.update(1)
+            try:
+                if result.error is not None:
+                    raise XcamError(f"{result.path}: {result.error}")
+                stem = result.stem
+                folder = stem if stem not in used else f"{stem}_{used[stem] + 1}"
+                used[stem] = used.get(stem, 0) + 1
+                write_result(result, out_root, render=render, arrays=not json_only, folder_name=folder,
+                             settings=settings.as_dict())
+            except XcamError as exc:
+                failures.append(result.path)
+                summary.append({"image": result.path, "status": "error", "error": str(exc)})
+                tqdm.write(f"error: {exc}", file=sys.stderr)
+                continue
+            done += 1
+            total.add(result.timings)
+            summary.append({"image": result.path, "status": "ok", "folder": str(out_root / folder),
+                            "seconds": dict(result.timings.seconds)})
+            if not quiet:
+                tqdm.write(summary_line(result.path, result), file=sys.stdout)
+    except PluginGaveUp as exc:  # what was written stays; the summary says where it stopped
+        stopped = str(exc)
     bar.close()
 
     write_json(out_root / "analyze_summary.json", {
         "models": [m.ref.key for m in chain.models], "settings": settings.as_dict(), "images": summary,
-        "failed": len(failures), "seconds": total.seconds, "model_load_seconds": chain.load_seconds,
+        "failed": len(failures), "stopped": stopped, "seconds": total.seconds,
+        "model_load_seconds": chain.load_seconds,
     })
     click.echo(timing_report(total, done, chain.load_seconds))
     click.echo(f"{done} of {len(files)} images analyzed -> {out_root}")
     if failures:
         click.echo(f"error: {len(failures)} of {len(files)} images failed", err=True)
+    if stopped:
+        click.echo(f"error: {stopped}; {len(files) - len(summary)} images not analyzed", err=True)
+        sys.exit(2)
+    if failures:
         sys.exit(1)

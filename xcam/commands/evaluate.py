@@ -13,6 +13,7 @@ from xcam.commands._common import (
     cam_options,
     device_option,
     pick_renamed,
+    plugin_failure_options,
     profile_option,
     weights_dir_option,
 )
@@ -36,12 +37,14 @@ from xcam.commands._common import (
 @click.option("--random-weights", is_flag=True, help="Random model weights (smoke tests: the numbers mean nothing).")
 @click.option("--montage", type=click.IntRange(0), default=4, show_default=True, help="Best/worst cases shown.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@plugin_failure_options
 @device_option
 @weights_dir_option
 @accept_changed_weights_option
 def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile, method, cam_layers, aug_smooth,
              eigen_smooth, mask_name, mask_option, strategy, strategy_option, cam_layer_old, ensembler, backend,
-             output, random_weights, montage, quiet, device, weights_dir, accept_changed_weights) -> None:
+             output, random_weights, montage, quiet, fail_fast, max_plugin_failures, device, weights_dir,
+             accept_changed_weights) -> None:
     """Localize every box of a BBox_List with CAMs and score it as Wang et al. 2017 did.
 
     Per class: T(IoBB) accuracy at 0.1–0.9, T(IoU) at 0.1–0.7, average false positives,
@@ -77,7 +80,8 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile
         imgpath=imgpath, bbox_csv=bbox_csv, csvpath=csvpath, models=names, model_weights=ensemble_w,
         profile=profile, overrides=overrides, output=output, random_init=random_weights,
         device=resolve_device(device), backend=backend, weights_dir=weights_dir,
-        accept_changed=accept_changed_weights, montage=montage, progress=not quiet,
+        accept_changed=accept_changed_weights, montage=montage, progress=not quiet, fail_fast=fail_fast,
+        max_plugin_failures=max_plugin_failures,
     )
     result = run_evaluation(config, plugin_manager())
     s = result.summary

@@ -11,7 +11,13 @@ import sys
 
 import click
 
-from xcam.commands._common import accept_changed_weights_option, device_option, profile_option, weights_dir_option
+from xcam.commands._common import (
+    accept_changed_weights_option,
+    device_option,
+    plugin_failure_options,
+    profile_option,
+    weights_dir_option,
+)
 
 
 @click.command("score")
@@ -35,9 +41,7 @@ from xcam.commands._common import accept_changed_weights_option, device_option, 
 @click.option("--mask", "mask_name", default=None, help="Mask extractor plugin for --boxes (default: the profile's).")
 @click.option("--strategy", default=None, help="Bbox strategy plugin for --boxes (default: the profile's).")
 @click.option("--ensembler", default=None, help="Ensembler plugin for several models (default: the profile's).")
-@click.option("--max-plugin-failures", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Stop the job when one plugin fails on N images in a row (default 20; 0: never). "
-                   "Rerunning resumes after the last written batch.")
+@plugin_failure_options
 @click.option("--workers", type=click.IntRange(1, 1024), default=None,
               help="local: decoding threads (default: CPU count); ray: model actors (default: from cluster CPUs).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -54,7 +58,7 @@ from xcam.commands._common import accept_changed_weights_option, device_option, 
 def score(ctx: click.Context, input_: str, output: str, models: str | None, backend: str, device: str,
           batch_size: int, threshold: float, with_cams: bool, cam_classes: str, boxes: bool, profile: str | None,
           cam_method: str | None, mask_name: str | None, strategy: str | None, ensembler: str | None,
-          max_plugin_failures: int | None, workers: int | None, resume: bool, engine: str, address: str | None,
+          fail_fast: bool, max_plugin_failures: int | None, workers: int | None, resume: bool, engine: str, address: str | None,
           progress: bool | None, as_json: bool, pool: str, random_weights: bool, weights_dir: str | None,
           accept_changed_weights: bool) -> None:
     """Score every image of a folder, glob or list into one results file, one row per image.
@@ -83,7 +87,7 @@ def score(ctx: click.Context, input_: str, output: str, models: str | None, back
         weights_dir=absolute(weights_dir), accept_changed_weights=accept_changed_weights,
         config_path=absolute(root.get("config")), ensembler=ensembler, threshold=threshold,
         with_cams=with_cams or boxes, cam_classes=cam_classes, boxes=boxes, profile=profile, cam_method=cam_method,
-        mask=mask_name, strategy=strategy, max_plugin_failures=max_plugin_failures,
+        mask=mask_name, strategy=strategy, max_plugin_failures=max_plugin_failures, fail_fast=fail_fast,
     )
     config = JobConfig(input=input_, output=output, options=options, batch_size=batch_size, workers=workers,
                        resume=resume, engine=engine, address=address, pool=pool, progress=progress)

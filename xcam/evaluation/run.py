@@ -52,6 +52,8 @@ class EvalConfig:
     progress: bool = True
     batch_size: int = 4
     workers: int = 2
+    fail_fast: bool = False  # the first exception a plugin raises stops the run
+    max_plugin_failures: int | None = None  # stop when one plugin fails on this many images in a row (None: 20; 0: never)
 
 
 @dataclass
@@ -73,9 +75,12 @@ def build_eval_chain(pm: Any, config: EvalConfig) -> "Chain":
 
     settings = resolve_settings(pm, config.profile, config.overrides)
     store = WeightsStore.from_env(config.weights_dir, accept_changed=config.accept_changed)
+    limits: dict[str, Any] = {"fail_fast": config.fail_fast}
+    if config.max_plugin_failures is not None:
+        limits["max_plugin_failures"] = config.max_plugin_failures or None
     chain = build_chain(pm, list(config.models), settings, ClassChoice.none(ground_truth=True), store=store,
                         keep_images=True, load=LoadOptions(backend=config.backend, device=config.device,
-                                                           random_init=config.random_init))
+                                                           random_init=config.random_init), **limits)
     chain.settings = with_model_weights(settings, config.model_weights, len(chain.models))
     return chain
 

@@ -65,6 +65,7 @@ class ScoreOptions:
     boxes: bool = False
     threads: int | None = None  # inference threads per model (None: the backend's default, all cores)
     max_plugin_failures: int | None = None  # stop when one plugin fails on this many images in a row (None: 20; 0: never)
+    fail_fast: bool = False  # the first exception a plugin raises stops the job
 
     @property
     def localizes(self) -> bool:
@@ -144,7 +145,9 @@ class Scorer:
             torch.set_num_threads(int(options.threads))
         self.settings = chain_settings(self.pm, options)
         store = WeightsStore.from_env(options.weights_dir, accept_changed=options.accept_changed_weights)
-        limit = {} if options.max_plugin_failures is None else {"max_plugin_failures": options.max_plugin_failures or None}
+        limit: dict[str, Any] = {"fail_fast": options.fail_fast}
+        if options.max_plugin_failures is not None:
+            limit["max_plugin_failures"] = options.max_plugin_failures or None
         self.chain: Chain = build_chain(self.pm, options.models, self.settings, options.class_choice(),
                                         load=options.load_options(), store=store, **limit)
         self.models = self.chain.models

@@ -1,0 +1,1 @@
+"""A misbehaving third-party plugin for xcam's tests (installed through its ``xcam`` entry point)."""
