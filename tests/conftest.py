@@ -97,3 +97,18 @@ def run_xcam(args: list[str], capsys, monkeypatch=None, pm=None) -> tuple[int, s
 def xcam_cli(capsys, monkeypatch):
     """``xcam_cli(*args, pm=None) -> (exit code, stdout, stderr)``: :func:`run_xcam` for a test."""
     return lambda *args, pm=None: run_xcam(list(args), capsys, monkeypatch, pm)
+
+
+def install_entry_point(folder: Path, monkeypatch, distribution: str, version: str, entry: str, module: str,
+                        source: Path) -> None:
+    """Make a plugin package visible as pip would install it: a ``dist-info`` with its ``xcam``
+    entry point on ``sys.path`` (and on ``PYTHONPATH``, for subprocesses and Ray workers)."""
+    site = folder / "site"
+    dist = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+    (dist / "entry_points.txt").write_text(f"[xcam]\n{entry} = {module}\n")
+    monkeypatch.syspath_prepend(str(source))
+    monkeypatch.syspath_prepend(str(site))
+    paths = [str(site), str(source), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))

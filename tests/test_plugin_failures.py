@@ -11,11 +11,10 @@ stops at the first failure; ``broken`` stops the job early with its name.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from conftest import run_xcam
+from conftest import install_entry_point, run_xcam
 
 from test_score import SMALL_TOML, by_path, invoke, write_pngs
 
@@ -31,15 +30,7 @@ NAN = "cam method 'flaky' (xcam-flaky 0.1.0): broke the contract: NaN or infinit
 @pytest.fixture
 def flaky(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The plugin's distribution on the path (this process, subprocesses and Ray workers)."""
-    site = tmp_path / "site"
-    dist = site / "xcam_flaky-0.1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xcam-flaky\nVersion: 0.1.0\n")
-    (dist / "entry_points.txt").write_text("[xcam]\nflaky = xcam_flaky.plugin\n")
-    monkeypatch.syspath_prepend(str(PLUGIN_SRC))
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(site), str(PLUGIN_SRC),
-                                                                 os.environ.get("PYTHONPATH", "")) if p))
+    install_entry_point(tmp_path, monkeypatch, "xcam-flaky", "0.1.0", "flaky", "xcam_flaky.plugin", PLUGIN_SRC)
     config = tmp_path / "plugins.toml"
     config.write_text(SMALL_TOML)
     return config

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import install_entry_point
 
 from xcam.chain.models import clear_model_cache
 from xcam.core.demo_assets import DEMO_COMMAND, DemoAssets, demo_caches, find_demo
@@ -593,13 +594,8 @@ def test_models_are_built_once_and_ground_truth_gives_metrics(app, monkeypatch, 
 @pytest.fixture
 def third_party_plugin(tmp_path, monkeypatch):
     """The example ``tinycnn`` plugin, installed the way pip would: an ``xcam`` entry point."""
-    site = tmp_path / "site"
-    dist = site / "xcam_tinycnn-0.2.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xcam-tinycnn\nVersion: 0.2.0\n")
-    (dist / "entry_points.txt").write_text("[xcam]\ntinycnn = xcam_tinycnn.plugin\n")
-    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN_SRC))
-    monkeypatch.syspath_prepend(str(site))
+    install_entry_point(tmp_path, monkeypatch, "xcam-tinycnn", "0.2.0", "tinycnn", "xcam_tinycnn.plugin",
+                        EXAMPLE_PLUGIN_SRC)
     return "tinycnn"
 
 
