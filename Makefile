@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.deps-$(DEPS_HASH)
-EXTRAS ?= dev,ui,ray
+EXTRAS ?= dev,ui,ray,openvino
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test bench clean

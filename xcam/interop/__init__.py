@@ -1,0 +1,1 @@
+"""Results in other tools' formats: DICOM SEG/SR, COCO (above the chain, below the jobs)."""
