@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import filecmp
+import hashlib
+from collections import Counter
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -14,8 +18,10 @@ from conftest import shared_data_dir
 from xcam.core.errors import UsageError
 from xcam.datasets.phantom import (
     BBOX_HEADER,
+    BOX_LABEL,
     CLASSES,
     DATA_ENTRY_HEADER,
+    FIELD_OF_VIEW_MM,
     NO_FINDING,
     PhantomSet,
     generate_phantoms,
@@ -23,6 +29,8 @@ from xcam.datasets.phantom import (
     load_labels,
     render_phantom,
 )
+from xcam.datasets.phantom_styled import render_styled, style_montage
+from xcam.datasets.phantom_styles import DISTRACTOR_KINDS, RENDERING_NAMES, STYLES
 
 SIZE = 160
 
@@ -218,3 +226,193 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "must be at least" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- styles
+
+# Hashes of the classic output, recorded from the generator BEFORE styles were added (numpy 2 /
+# opencv 4 of this project's environment): the default must stay byte-identical (tests, cached demos).
+CLASSIC_SET_SHA256 = "9f00033305af071e84d834db1a4730b8e1697cc6e79a8ddf543af64ee7b97fb4"
+CLASSIC_RENDER_SHA256 = "5846b79cea6d84414677a4c51d909fd3cda64901c05b135a9dbd9578aec18752"
+NEW_STYLES = ("varied", "portable", "alt")
+
+
+def _set_sha256(root: Path) -> str:
+    """sha256 over the images and the two NIH tables (names and bytes), in name order."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.startswith("phantom_"):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_classic_is_byte_identical_to_the_recorded_reference(tmp_path: Path) -> None:
+    for style in ("classic", STYLES["classic"]):  # the default, by name and as a Style
+        root = tmp_path / str(id(style))
+        generate_phantoms(root, n=12, size=96, seed=3, style=style)
+        assert _set_sha256(root) == CLASSIC_SET_SHA256
+        assert json.loads((root / "phantom_style.json").read_text())["style"] == "classic"
+    h = hashlib.sha256()
+    for i, c in enumerate(CLASSES):
+        img, les = render_phantom((c,), 128, seed=4, index=i, patient=i + 1, gender="F" if i % 2 else "M")
+        h.update(img.tobytes())
+        h.update(repr([(x.label, x.box) for x in les]).encode())
+        assert {x.rendering for x in les} == {"classic"}
+    assert h.hexdigest() == CLASSIC_RENDER_SHA256
+
+
+@pytest.fixture(scope="module")
+def styled_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PhantomSet]:
+    root = tmp_path_factory.mktemp("styled")
+    return {s: generate_phantoms(root / s, n=40, size=128, seed=1, style=s) for s in NEW_STYLES}
+
+
+@pytest.mark.parametrize("style", NEW_STYLES)
+def test_style_sets_hold_every_class_and_record_the_style(style: str, styled_sets: dict[str, PhantomSet]) -> None:
+    ps = styled_sets[style]
+    assert set(ps.box_counts) == {BOX_LABEL.get(c, c) for c in CLASSES}  # every class drawn
+    assert ps.style == style and PhantomSet.load(ps.root).style == style and f"Style: {style}." in ps.summary()
+    record = json.loads((ps.root / "phantom_style.json").read_text())
+    assert record["style"] == style and record["settings"] == STYLES[style].as_json()
+    entries = pd.read_csv(ps.data_entry_csv)
+    assert set(entries["View Position"]) == {STYLES[style].view}
+    objects = pd.read_csv(ps.root / "phantom_objects.csv")
+    lesions, distractors = objects[objects["Kind"] == "lesion"], objects[objects["Kind"] == "distractor"]
+    # the box list holds exactly the lesions, none of the distractors
+    nih = sorted((b.image, b.data_label, b.x, b.y, b.w, b.h) for b in load_boxes(ps.bbox_csv))
+    drawn = sorted(lesions[["Image Index", "Label", "x", "y", "w", "h"]].itertuples(index=False, name=None))
+    assert nih == drawn
+    assert len(distractors) > 0 and set(distractors["Label"]) <= set(DISTRACTOR_KINDS)
+    normals = set(entries.loc[entries["Finding Labels"] == NO_FINDING, "Image Index"])
+    assert normals & set(distractors["Image Index"])  # distractors on normal images: still "No Finding"
+    for label, rendering in lesions[["Label", "Rendering"]].itertuples(index=False):
+        assert rendering in STYLES[style].renderings[label]
+    pairs = lesions[["Label", "Rendering"]].itertuples(index=False)
+    assert record["lesion_renderings"] == dict(Counter(f"{a}/{b}" for a, b in pairs))
+
+
+def test_alt_never_draws_a_rendering_of_varied() -> None:
+    for label, choices in STYLES["alt"].renderings.items():
+        assert not set(choices) & set(STYLES["varied"].renderings[label]), label
+
+
+def test_portable_has_lower_contrast_and_more_devices(styled_sets: dict[str, PhantomSet],
+                                                     phantoms: PhantomSet) -> None:
+    def spread(ps: PhantomSet) -> float:  # median 5-95 % grey-level range of the central region
+        values = []
+        for p in sorted(ps.images_dir.glob("*.png"))[:30]:
+            img = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+            s = img.shape[0]
+            centre = img[s // 5:4 * s // 5, s // 5:4 * s // 5]
+            values.append(np.percentile(centre, 95) - np.percentile(centre, 5))
+        return float(np.median(values))
+
+    assert spread(styled_sets["portable"]) < 0.85 * spread(phantoms)
+    kinds = {s: json.loads((ps.root / "phantom_style.json").read_text())["distractors"]
+             for s, ps in styled_sets.items()}
+    assert sum(kinds["portable"].values()) > 2 * sum(kinds["varied"].values())
+    assert kinds["portable"].get("ecg", 0) > 0 and kinds["portable"].get("text", 0) > 0
+
+
+RENDERING_CASES = [(label, name) for label, names in RENDERING_NAMES.items() for name in names if name != "classic"]
+
+
+@pytest.mark.parametrize(("finding", "rendering"), RENDERING_CASES)
+def test_every_rendering_changes_only_its_box(finding: str, rendering: str) -> None:
+    """With every kind of distractor on, toggling the finding changes the image inside its boxes."""
+    style = replace(STYLES["varied"], name="one", renderings={finding: {rendering: 1.0}},
+                    distractors={k: 1.0 for k in DISTRACTOR_KINDS})
+    for index in range(2):
+        with_it = render_styled((finding,), 192, seed=5, index=index, patient=index + 1, style=style)
+        without = render_styled((), 192, seed=5, index=index, patient=index + 1, style=style)
+        assert with_it.lesions and not without.lesions and with_it.distractors
+        assert {(les.label, les.rendering) for les in with_it.lesions} == {(finding, rendering)}
+        assert with_it.distractors == without.distractors
+        diff = np.abs(with_it.image.astype(np.float64) - without.image.astype(np.float64))
+        inside = np.zeros(diff.shape, bool)
+        for les in with_it.lesions:
+            x, y, w, h = les.box
+            inside[max(0, int(y) - 2):int(y + h) + 2, max(0, int(x) - 2):int(x + w) + 2] = True
+        assert diff[inside].sum() / diff.sum() > 0.9
+        strong = diff > 0.15 * diff.max()
+        for les in with_it.lesions:
+            x, y, w, h = (int(v) for v in les.box)
+            assert strong[y:y + h, x:x + w].any()
+        sign = -1 if finding == "Pneumothorax" else 1
+        assert sign * (with_it.image[inside].astype(float) - without.image[inside]).mean() > 2
+
+
+def _boxes_of(finding: str, rendering: str, n: int, size: int = 256) -> list[tuple[float, float, float, float]]:
+    style = replace(STYLES["classic"], name="one", renderings={finding: {rendering: 1.0}})
+    return [les.box for i in range(n) for les in render_styled((finding,), size, 9, i, i + 1, style=style).lesions]
+
+
+def test_sized_nodules_span_3_to_30_mm() -> None:
+    mm = [max(w, h) * FIELD_OF_VIEW_MM / 256 for _, _, w, h in _boxes_of("Nodule", "sized", 24)]
+    assert min(mm) < 8 and max(mm) > 20 and max(mm) < 45  # classic nodules: about 8-19 mm
+
+
+def test_pneumothorax_renderings_differ_in_shape() -> None:
+    band = _boxes_of("Pneumothorax", "band", 4)
+    large = _boxes_of("Pneumothorax", "large", 4)
+    classic = _boxes_of("Pneumothorax", "classic", 4)
+    assert all(h > 1.8 * w for _, _, w, h in band)  # a narrow band along the lateral wall...
+    assert all(y > 30 for _, y, _, _ in band)  # ...below the apex
+    assert np.mean([w * h for *_, w, h in large]) > 1.3 * np.mean([w * h for *_, w, h in classic])
+
+
+def test_distractor_boxes_hold_the_distractors() -> None:
+    style = replace(STYLES["portable"], distractors={k: 1.0 for k in DISTRACTOR_KINDS})
+    bare = replace(style, distractors={})
+    for index in range(2):
+        dressed = render_styled((), 160, seed=2, index=index, patient=1, style=style)
+        plain = render_styled((), 160, seed=2, index=index, patient=1, style=bare)
+        assert not dressed.lesions and not plain.distractors
+        assert {d.kind for d in dressed.distractors} == set(DISTRACTOR_KINDS)
+        diff = np.abs(dressed.image.astype(np.float64) - plain.image.astype(np.float64))
+        inside = np.zeros(diff.shape, bool)
+        for d in dressed.distractors:
+            x, y, w, h = (int(v) for v in d.box)
+            inside[max(0, y - 2):y + h + 2, max(0, x - 2):x + w + 2] = True
+        assert diff.max() > 60 and diff[inside].sum() / diff.sum() > 0.95
+
+
+@pytest.mark.parametrize("style", NEW_STYLES)
+def test_styles_are_deterministic(style: str, tmp_path: Path) -> None:
+    a = generate_phantoms(tmp_path / "a", n=5, size=96, seed=11, style=style)
+    b = generate_phantoms(tmp_path / "b", n=5, size=96, seed=11, style=style, workers=2 if style == "alt" else 1)
+    c = generate_phantoms(tmp_path / "c", n=5, size=96, seed=12, style=style)
+    assert _set_sha256(a.root) == _set_sha256(b.root) != _set_sha256(c.root)
+    for name in ("phantom_objects.csv", "phantom_style.json"):
+        assert (a.root / name).read_bytes() == (b.root / name).read_bytes()
+    classic = generate_phantoms(tmp_path / "k", n=5, size=96, seed=11)
+    assert a.data_entry_csv.read_text().split("\n")[1].split(",")[1] == \
+        classic.data_entry_csv.read_text().split("\n")[1].split(",")[1]  # same plan...
+    assert (a.images_dir / "00000001_000.png").read_bytes() != (classic.images_dir / "00000001_000.png").read_bytes()
+
+
+def test_montage_of_a_style() -> None:
+    grid = style_montage("portable", size=96)
+    assert grid.shape == (192, 192, 3) and grid.dtype == np.uint8
+    green = (grid[..., 1] > 200) & (grid[..., 0] < 50) & (grid[..., 2] < 50)
+    assert green.sum() > 50  # lesion boxes drawn
+
+
+def test_bad_styles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xcam.cli import main
+
+    with pytest.raises(UsageError, match="unknown phantom style 'nope' .*varied"):
+        generate_phantoms(tmp_path, n=1, size=64, style="nope")
+    with pytest.raises(UsageError, match="bad renderings for Nodule"):
+        render_phantom(("Nodule",), 64, style=replace(STYLES["varied"], renderings={"Nodule": {"round": 1.0}}))
+    with pytest.raises(UsageError, match="unknown distractor"):
+        generate_phantoms(tmp_path, n=1, size=64, style=replace(STYLES["alt"], distractors={"cat": 1.0}))
+    with pytest.raises(SystemExit) as exc:
+        main(["phantom", "--out", str(tmp_path / "bad"), "--style", "nope"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--style" in err and "Traceback" not in err
+    main(["phantom", "--out", str(tmp_path / "cli"), "--n", "3", "--size", "64", "--style", "alt"])
+    assert "Style: alt." in capsys.readouterr().out
+    assert PhantomSet.load(tmp_path / "cli").style == "alt"

@@ -6,6 +6,8 @@ import time
 
 import click
 
+from xcam.datasets.phantom_styles import style_names
+
 
 def _at_least(minimum: int):
     """A click callback that rejects values below ``minimum`` with a one-line message."""
@@ -28,15 +30,21 @@ def _at_least(minimum: int):
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same files).")
 @click.option("--workers", type=int, default=1, show_default=True, callback=_at_least(1),
               help="Processes to render with (the output does not depend on it).")
-def phantom(out_dir: str, n: int, size: int, seed: int, workers: int) -> None:
+@click.option("--style", type=click.Choice(style_names()), default="classic", show_default=True,
+              help="Look of the set: classic (the original), varied (new renderings mixed in, wide "
+                   "acquisition variation), portable (AP bedside: low contrast, wires, ECG leads), alt "
+                   "(renderings varied never draws). Recorded in phantom_style.json.")
+def phantom(out_dir: str, n: int, size: int, seed: int, workers: int, style: str) -> None:
     """Generate synthetic PA chest radiographs with lesion boxes, in NIH ChestX-ray14 format.
 
     Draws body, lungs, heart, mediastinum, ribs, clavicles, spine, vessels and diaphragm, and
     lesions (Nodule, Mass, Cardiomegaly, Effusion, Pneumothorax, Atelectasis, Infiltration) with
-    tight boxes; about a third of the images show no finding.
+    tight boxes; about a third of the images show no finding. Styles other than classic add
+    other renderings of the lesions, acquisition variation and distractors (ECG leads, lines,
+    pacemakers, markers, text), listed in phantom_objects.csv and never in the box list.
     """
     from xcam.datasets.phantom import generate_phantoms
 
     start = time.perf_counter()
-    result = generate_phantoms(out_dir, n=n, size=size, seed=seed, workers=workers)
+    result = generate_phantoms(out_dir, n=n, size=size, seed=seed, workers=workers, style=style)
     click.echo(f"{result.summary()} ({time.perf_counter() - start:.1f} s)")

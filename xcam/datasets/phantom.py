@@ -16,12 +16,17 @@ shift. Every box is the bounding box of the pixels where the lesion changed the 
 Everything is deterministic given ``seed``: the image plan comes from ``default_rng([seed, 0])``,
 a patient's anatomy from ``[seed, 1, patient]`` and each image from ``[seed, 2, index]`` (split
 into anatomy, lesion and noise streams), so the output does not depend on ``workers``.
+
+``style`` selects a named look (:mod:`.phantom_styles`); ``classic``, the default, is this module's
+own drawing, unchanged; the others are drawn by :mod:`.phantom_styled` on the same streams plus
+their own.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import json
 import math
 import multiprocessing
 from collections import Counter
@@ -34,6 +39,7 @@ import cv2
 import numpy as np
 
 from xcam.core.errors import UsageError
+from xcam.datasets.phantom_styles import STYLES, Style, get_style
 
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -53,6 +59,9 @@ CLASS_WEIGHTS: dict[str, float] = {
     "Pneumothorax": 0.8, "Atelectasis": 1.0, "Infiltration": 0.7,
 }
 FIELD_OF_VIEW_MM = 366.0  # NIH originals: about 2560 px at 0.143 mm
+STYLE_JSON = "phantom_style.json"  # the style (and settings) a set was drawn in
+OBJECTS_CSV = "phantom_objects.csv"  # every drawn lesion (with its rendering) and distractor
+OBJECTS_HEADER = "Image Index,Kind,Label,Rendering,x,y,w,h"
 _SHIFT = 4  # fixed-point bits for cv2 drawing (1/16 px precision)
 _ONE = 1 << _SHIFT
 
@@ -62,10 +71,12 @@ _ONE = 1 << _SHIFT
 
 @dataclass(frozen=True)
 class Lesion:
-    """One drawn lesion: its Data_Entry label and its box (x, y, w, h) in image pixels."""
+    """One drawn lesion: its Data_Entry label, its box (x, y, w, h) in image pixels and the
+    rendering that drew it (see ``phantom_styles.RENDERING_NAMES``)."""
 
     label: str
     box: tuple[float, float, float, float]
+    rendering: str = "classic"
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class PhantomSet:
     n_patients: int
     image_counts: dict[str, int] = field(default_factory=dict)  # images per label, incl. No Finding
     box_counts: dict[str, int] = field(default_factory=dict)  # boxes per BBox_List label
+    style: str = "classic"  # from phantom_style.json; "" when the folder has none (e.g. real NIH)
 
     @classmethod
     def load(cls, root: str | Path) -> "PhantomSet":
@@ -126,7 +138,7 @@ class PhantomSet:
         if first and (root / "images" / first).exists():
             size = int(cv2.imread(str(root / "images" / first), cv2.IMREAD_GRAYSCALE).shape[1])
         return cls(root, root / "images", entry, bbox, size, len(labels), len(patients),
-                   _ordered(image_counts), _ordered(box_counts))
+                   _ordered(image_counts), _ordered(box_counts), read_style_name(root))
 
     def summary(self) -> str:
         """One paragraph: counts per class and where the files are."""
@@ -136,8 +148,16 @@ class PhantomSet:
             f"Wrote {self.n_images} synthetic chest radiographs ({self.size}x{self.size} px, "
             f"{self.n_patients} patients) to {self.images_dir}. Images per label: {per_image}. "
             f"Boxes ({sum(self.box_counts.values())}): {per_box}. Labels: {self.data_entry_csv}; "
-            f"boxes: {self.bbox_csv}."
+            f"boxes: {self.bbox_csv}." + (f" Style: {self.style}." if self.style else "")
         )
+
+
+def read_style_name(root: str | Path) -> str:
+    """The style recorded in a phantom folder's ``phantom_style.json`` ("" when absent or unreadable)."""
+    try:
+        return str(json.loads((Path(root) / STYLE_JSON).read_text(encoding="utf-8")).get("style", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _ordered(counts: Counter) -> dict[str, int]:
@@ -886,17 +906,35 @@ LESION_DRAWERS: dict[str, Callable[[Canvas, np.random.Generator], list[Lesion]]]
 # --------------------------------------------------------------------------- rendering
 
 
-def render_phantom(findings: Iterable[str] = (), size: int = 1024, seed: int = 0, index: int = 0,
-                   patient: int = 1, gender: str = "M") -> tuple[np.ndarray, list[Lesion]]:
-    """Render one radiograph (uint8, size x size) with the given findings; returns it and its lesions.
-
-    The same ``(seed, patient)`` gives the same patient anatomy, ``(seed, index)`` the same image
-    variation and noise, so a finding can be toggled with everything else unchanged.
-    """
+def check_findings(findings: Iterable[str]) -> set[str]:
+    """The findings as a set; an unknown one is a :class:`UsageError`."""
     wanted = set(findings)
     unknown = wanted - set(CLASSES)
     if unknown:
         raise UsageError(f"unknown phantom finding(s): {', '.join(sorted(unknown))} (known: {', '.join(CLASSES)})")
+    return wanted
+
+
+def _is_classic(style: str | Style) -> bool:
+    return style == "classic" or style == STYLES["classic"]
+
+
+def render_phantom(findings: Iterable[str] = (), size: int = 1024, seed: int = 0, index: int = 0,
+                   patient: int = 1, gender: str = "M", style: str | Style = "classic"
+                   ) -> tuple[np.ndarray, list[Lesion]]:
+    """Render one radiograph (uint8, size x size) with the given findings; returns it and its lesions.
+
+    The same ``(seed, patient)`` gives the same patient anatomy, ``(seed, index)`` the same image
+    variation and noise, so a finding can be toggled with everything else unchanged. ``style``
+    names a phantom style (or is a :class:`Style`); its distractors are drawn but not returned
+    (``phantom_styled.render_styled`` returns them too).
+    """
+    if not _is_classic(style):
+        from xcam.datasets.phantom_styled import render_styled  # imports this module
+
+        styled = render_styled(findings, size, seed, index, patient, gender, style)
+        return styled.image, styled.lesions
+    wanted = check_findings(findings)
     base = _patient_anatomy(np.random.default_rng([seed, 1, patient]), gender)
     r_anat, r_les, r_noise = (np.random.default_rng(s) for s in np.random.SeedSequence([seed, 2, index]).spawn(3))
     anatomy = _image_anatomy(base, r_anat)
@@ -936,12 +974,19 @@ def plan_images(n: int, seed: int = 0, images_per_patient: tuple[int, int] = (1,
     return specs
 
 
-def _render_job(job: tuple[ImageSpec, int, int, str]) -> tuple[int, list[Lesion]]:
-    """Worker: render one image, write its PNG, return its lesions."""
-    spec, size, seed, images_dir = job
-    img, lesions = render_phantom(spec.findings, size, seed, spec.index, spec.patient, spec.gender)
+def _render_job(job: tuple[ImageSpec, int, int, str, Style]) -> tuple[int, list[Lesion], list]:
+    """Worker: render one image, write its PNG, return its lesions and distractors."""
+    spec, size, seed, images_dir, style = job
+    distractors: list = []
+    if _is_classic(style):
+        img, lesions = render_phantom(spec.findings, size, seed, spec.index, spec.patient, spec.gender)
+    else:
+        from xcam.datasets.phantom_styled import render_styled  # imports this module
+
+        styled = render_styled(spec.findings, size, seed, spec.index, spec.patient, spec.gender, style)
+        img, lesions, distractors = styled.image, styled.lesions, styled.distractors
     cv2.imwrite(str(Path(images_dir) / spec.name), img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    return spec.index, lesions
+    return spec.index, lesions, distractors
 
 
 def _worker_init() -> None:
@@ -964,33 +1009,62 @@ def _check_args(n: int, size: int, images_per_patient: tuple[int, int], lesion_r
 
 def generate_phantoms(out_dir: str | Path, n: int = 1000, size: int = 1024, seed: int = 0,
                       images_per_patient: tuple[int, int] = (1, 4), lesion_rate: float = 0.65,
-                      workers: int = 1, class_weights: dict[str, float] | None = None) -> PhantomSet:
+                      workers: int = 1, class_weights: dict[str, float] | None = None,
+                      style: str | Style = "classic") -> PhantomSet:
     """Write ``n`` phantom radiographs plus ``Data_Entry_2017.csv`` and ``BBox_List_2017.csv``.
 
     ``lesion_rate`` is the fraction of images with at least one finding (the rest are
     ``No Finding``). ``workers > 1`` renders in that many processes with identical output.
+    ``style`` names a phantom style (``classic``, the default, ``varied``, ``portable``, ``alt``)
+    or is a :class:`Style`; it is recorded in ``phantom_style.json``, and every drawn lesion (with
+    its rendering) and distractor in ``phantom_objects.csv``. Distractors never enter the box list.
     """
     _check_args(n, size, images_per_patient, lesion_rate, workers)
+    chosen = get_style(style)
     root = Path(out_dir)
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     specs = plan_images(n, seed, images_per_patient, lesion_rate, class_weights)
-    jobs = [(s, size, seed, str(images)) for s in specs]
-    results: dict[int, list[Lesion]] = {}
+    jobs = [(s, size, seed, str(images), chosen) for s in specs]
     if workers == 1:
-        results.update(_render_job(j) for j in jobs)
+        done = [_render_job(j) for j in jobs]
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-            results.update(pool.map(_render_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
-    return _write_tables(root, specs, results, size)
+            done = list(pool.map(_render_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+    results = {index: lesions for index, lesions, _ in done}
+    distractors = {index: items for index, _, items in done}
+    result = _write_tables(root, specs, results, size, chosen.view)
+    _write_style_records(root, specs, results, distractors, chosen, seed, lesion_rate)
+    return replace(result, style=chosen.name)
+
+
+def _write_style_records(root: Path, specs: list[ImageSpec], results: dict[int, list[Lesion]],
+                         distractors: dict[int, list], style: Style, seed: int, lesion_rate: float) -> None:
+    """``phantom_style.json`` (style, its settings, seed, counts) and ``phantom_objects.csv``."""
+    lines = [OBJECTS_HEADER]
+    renderings: Counter = Counter()
+    kinds: Counter = Counter()
+    for spec in specs:
+        for les in results[spec.index]:
+            renderings[f"{les.label}/{les.rendering}"] += 1
+            lines.append(f"{spec.name},lesion,{les.label},{les.rendering}," + ",".join(repr(float(v)) for v in les.box))
+        for d in distractors[spec.index]:
+            kinds[d.kind] += 1
+            lines.append(f"{spec.name},distractor,{d.kind},," + ",".join(repr(float(v)) for v in d.box))
+    (root / OBJECTS_CSV).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    record = {"style": style.name, "seed": seed, "n_images": len(specs), "lesion_rate": lesion_rate,
+              "lesion_renderings": dict(sorted(renderings.items())), "distractors": dict(sorted(kinds.items())),
+              "settings": style.as_json()}
+    (root / STYLE_JSON).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def _pixel_spacing(size: int) -> float:
     return round(FIELD_OF_VIEW_MM / size, 6)
 
 
-def _write_tables(root: Path, specs: list[ImageSpec], results: dict[int, list[Lesion]], size: int) -> PhantomSet:
+def _write_tables(root: Path, specs: list[ImageSpec], results: dict[int, list[Lesion]], size: int,
+                  view: str = "PA") -> PhantomSet:
     """Write both CSV files exactly in NIH's layout and describe the set."""
     spacing = _pixel_spacing(size)
     entry_lines, box_lines = [DATA_ENTRY_HEADER], [BBOX_HEADER]
@@ -1001,7 +1075,7 @@ def _write_tables(root: Path, specs: list[ImageSpec], results: dict[int, list[Le
         labels = sorted({les.label for les in lesions}) or [NO_FINDING]
         image_counts.update(labels)
         entry_lines.append(f"{spec.name},{'|'.join(labels)},{spec.follow},{spec.patient},{spec.age},"
-                           f"{spec.gender},PA,{size},{size},{spacing},{spacing},")
+                           f"{spec.gender},{view},{size},{size},{spacing},{spacing},")
         for les in lesions:
             label = BOX_LABEL.get(les.label, les.label)
             box_counts[label] += 1
