@@ -150,9 +150,10 @@ def _evaluate(pm, phantom_set: Path, checkpoint: Path | list[Path], output: Path
     from xcam.evaluation.run import EvalConfig, evaluate
 
     checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]
+    montage = kw.pop("montage", 4)
     config = EvalConfig(imgpath=str(phantom_set / "images"), bbox_csv=str(phantom_set / "BBox_List_2017.csv"),
                         models=[f"mobilenetv3:{c}" for c in checkpoints], output=str(output) if output else None,
-                        progress=False, overrides=Overrides(**kw))
+                        progress=False, overrides=Overrides(**kw), montage=montage)
     return evaluate(config, pm)
 
 
@@ -179,13 +180,31 @@ def test_oracle_cams_localize_almost_perfectly(fresh_pm, phantom_set: Path, rand
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved["summary"]["mean"]["pointing"] == pytest.approx(mean["pointing"])
     assert "**mean**" in (tmp_path / "eval" / "results.md").read_text()
+    # 95 % bootstrap intervals (patients: the phantoms carry NIH names) and the per-box table for --compare
+    assert saved["summary"]["bootstrap"]["resamples"] == 1000 and saved["summary"]["bootstrap"]["unit"] == "patient"
+    ci = saved["summary"]["mean"]["ci"]["pointing"]
+    assert ci["lower"] <= mean["pointing"] <= ci["upper"] and ci["lower"] < ci["upper"]
+    assert len(saved["per_record"]["image"]) == len(result.records)
+    mean_line = next(line for line in (tmp_path / "eval" / "results.md").read_text().splitlines()
+                     if line.startswith("| **mean** |") and "/" not in line)
+    assert f"{mean['pointing']:.3f} [{ci['lower']:.3f}, {ci['upper']:.3f}]" in mean_line
 
 
-def test_shifted_oracle_does_not(fresh_pm, phantom_set: Path, random_checkpoint: Path):
+def test_shifted_oracle_does_not(fresh_pm, phantom_set: Path, random_checkpoint: Path, tmp_path: Path):
+    from xcam.core.config import XcamConfig
+    from xcam.core.manager import get_plugin_manager
+    from xcam.evaluation.compare import compare_files
+
     fresh_pm.load_object(oracle_plugin(phantom_set, 64, shift=0.5), name="oracle-shifted")
-    result = _evaluate(fresh_pm, phantom_set, random_checkpoint, method="oracle", mask="threshold")
+    result = _evaluate(fresh_pm, phantom_set, random_checkpoint, tmp_path / "shifted", method="oracle",
+                       mask="threshold", montage=0)
     mean = result.summary["mean"]
     assert mean["pointing"] < 0.3 and mean["iou"]["0.1"] < 0.3
+    pm = get_plugin_manager(XcamConfig(), entrypoints=False)
+    pm.load_object(oracle_plugin(phantom_set, 64), name="oracle-test")
+    _evaluate(pm, phantom_set, random_checkpoint, tmp_path / "oracle", method="oracle", mask="threshold", montage=0)
+    paired = compare_files(tmp_path / "shifted" / "results.json", tmp_path / "oracle" / "results.json")
+    assert paired["verdicts"]["pointing"] == paired["verdicts"]["T(IoBB>0.25)"] == "B better"
 
 
 def test_an_ensemble_of_one_model_twice_equals_the_model(fresh_pm, phantom_set: Path, random_checkpoint: Path,

@@ -35,6 +35,7 @@ class BoxRecord:
     point: tuple[float, float] | None = None  # CAM arg-max (pixel centre), original grid
     hit: bool = False
     evaluated: bool = True  # False: no model predicts this class
+    probability: float | None = None  # the class probability of the finding the boxes came from (COCO score)
     baselines: dict[str, Box] = field(default_factory=dict)
     cam: Any = field(default=None, repr=False, compare=False)  # float16 work-grid CAM (not serialized)
     grid: Any = field(default=None, repr=False, compare=False)  # its xcam.core.preprocess.WorkGrid
@@ -74,6 +75,12 @@ def _afp(records: Sequence[BoxRecord], threshold: float) -> float:
     return M.average_false_positives(preds, gts, threshold, "iobb")
 
 
+def unit_false_positives(unit: Sequence[BoxRecord], threshold: float) -> float:
+    """False boxes of one (image, class) unit at T(IoBB) (the numerator of AFP; its denominator
+    counts units): the unit's predicted boxes whose IoBB with each of its boxes is ≤ T."""
+    return M.average_false_positives([[p[:4] for p in unit[0].preds]], [[r.gt for r in unit]], threshold, "iobb")
+
+
 def class_row(records: Sequence[BoxRecord], auc: float | None = None) -> dict[str, Any]:
     """All numbers of one class from its box records."""
     iobbs = [r.iobb for r in records]
@@ -107,6 +114,8 @@ def mean_row(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {"n_boxes": sum(r["n_boxes"] for r in rows)}
     for key, value in rows[0].items():
+        if key == "ci":  # bootstrap intervals are added after the means (xcam.evaluation.bootstrap)
+            continue
         if isinstance(value, dict):
             out[key] = {t: sum(r[key][t] for r in rows) / len(rows) for t in value}
         elif key not in ("n_boxes", "auc"):

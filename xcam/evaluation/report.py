@@ -1,4 +1,5 @@
-"""Report files of an evaluation: ``results.json``, ``results.md``, ``per_box.csv``,
+"""Report files of an evaluation: ``results.json`` (with the per-box table that ``--compare``
+resamples, under ``per_record``), ``results.md`` (values with their bootstrap intervals), ``per_box.csv``,
 ``accuracy_vs_threshold.png`` and ``montage.png`` (best and worst boxes, CAM overlaid; boxes in
 the one colour convention of :mod:`xcam.core.render`, with a legend)."""
 
@@ -20,6 +21,15 @@ def _f(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def with_interval(row: Mapping[str, Any], *path: str) -> str:
+    """A cell: the value and, when the row has one, its bootstrap interval — ``0.529 [0.441, 0.612]``."""
+    from xcam.evaluation.bootstrap import get_path, interval
+
+    value = _f(get_path(row, path))
+    bounds = interval(row, path)
+    return f"{value} [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds and value != "–" else value
+
+
 def full_table(summary: Mapping[str, Any]) -> str:
     """Wang et al.'s table: T(IoBB), T(IoU), AFP, pointing, mIoU, AUC per class and the mean."""
     tb = [str(t) for t in M.IOBB_THRESHOLDS]
@@ -31,8 +41,9 @@ def full_table(summary: Mapping[str, Any]) -> str:
     for name, r in rows:
         if not r:
             continue
-        cells = [name, str(r["n_boxes"])] + [_f(r["iobb"][t]) for t in tb] + [_f(r["iou"][t]) for t in tu]
-        cells += [_f(r["afp"]["0.25"]), _f(r["pointing"]), _f(r["miou"]), _f(r.get("auc"))]
+        ci = with_interval
+        cells = [name, str(r["n_boxes"])] + [ci(r, "iobb", t) for t in tb] + [ci(r, "iou", t) for t in tu]
+        cells += [ci(r, "afp", "0.25"), ci(r, "pointing"), ci(r, "miou"), _f(r.get("auc"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -50,15 +61,24 @@ def baseline_table(summary: Mapping[str, Any]) -> str:
         if not cam:
             continue
 
-        def trio(get) -> str:
-            return " / ".join(_f(get(x)) for x in (cam, lung, centre))
+        def trio(*path: str) -> str:
+            return " / ".join(with_interval(x, *path) for x in (cam, lung, centre))
 
         label = f"**{name}**" if name == "mean" else name
         lines.append("| " + " | ".join([
-            label, trio(lambda r: r["pointing"]), trio(lambda r: r["iobb"][CAM_T_IOBB]),
-            trio(lambda r: r["iou"][CAM_T_IOU]), trio(lambda r: r["miou"]),
+            label, trio("pointing"), trio("iobb", CAM_T_IOBB), trio("iou", CAM_T_IOU), trio("miou"),
         ]) + " |")
     return "\n".join(lines)
+
+
+def bootstrap_note(b: Mapping[str, Any]) -> str:
+    """How the intervals in brackets were computed (xcam.evaluation.bootstrap)."""
+    dropped = b["resamples"] - b.get("complete", b["resamples"])
+    note = (f"In brackets: {b['confidence']:.0%} bootstrap interval ({b['method']}, {b['resamples']} resamples of "
+            f"the {b['units']} {b['unit']}s, seed {b['seed']}; the class mean's from the class means of the resamples")
+    if dropped:
+        note += f", over the {b['complete']} resamples that drew every class"
+    return note + ")."
 
 
 def markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
@@ -76,6 +96,7 @@ def markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         f"{summary['images']['with_boxes']}, unreadable: {len(summary['images'].get('unreadable', {}))}.", "",
         "## CAM beside the baselines", "",
         "Each cell: CAM / whole-lung-field box / centre box of the class's mean size.", "",
+        *([bootstrap_note(summary["bootstrap"]), ""] if summary.get("bootstrap") else []),
         baseline_table(summary), "",
         "## Full table", "", full_table(summary), "",
     ]
@@ -90,12 +111,18 @@ def plot_accuracy(summary: Mapping[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from xcam.evaluation.bootstrap import interval
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key, ts in ((axes[0], "iobb", M.IOBB_THRESHOLDS), (axes[1], "iou", M.IOU_THRESHOLDS)):
         for name, r in summary["classes"].items():
             ax.plot(ts, [r[key][str(t)] for t in ts], "o-", lw=1, ms=3, label=name)
         if summary["mean"]:
             ax.plot(ts, [summary["mean"][key][str(t)] for t in ts], "k-", lw=2.5, label="mean (CAM)")
+            bounds = [interval(summary["mean"], (key, str(t))) for t in ts]
+            if all(bounds):
+                ax.fill_between(ts, [b[0] for b in bounds], [b[1] for b in bounds], color="k", alpha=0.12,
+                                lw=0, label="95 % interval of the mean")
         for bname, style in (("lung_field", "k:"), ("centre", "k--")):
             mean = summary["baselines"][bname]["mean"]
             if mean:
@@ -170,7 +197,11 @@ def write_report(result: Any, config: Mapping[str, Any]) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "results.json", "markdown": out / "results.md", "per_box": out / "per_box.csv",
              "plot": out / "accuracy_vs_threshold.png"}
-    payload = {"config": config, "summary": result.summary, "records": [r.as_dict() for r in result.records]}
+    from xcam.evaluation.bootstrap import record_table
+
+    table = getattr(result, "table", None) or record_table(result.records)
+    payload = {"config": config, "summary": result.summary, "records": [r.as_dict() for r in result.records],
+               "per_record": table.to_json()}  # what `xcam evaluate --compare` resamples
     write_json(files["json"], payload, indent=1)
     files["markdown"].write_text(markdown(result.summary, config))
     with open(files["per_box"], "w", newline="") as f:
