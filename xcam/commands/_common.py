@@ -179,3 +179,32 @@ def failure_limits(fail_fast: bool, max_plugin_failures: int | None) -> dict[str
     if max_plugin_failures is not None:
         out["max_plugin_failures"] = max_plugin_failures or None
     return out
+
+
+def _set_dicom_voi(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from xcam.core.errors import UsageError
+    from xcam.core.imageio import DicomReadOptions, set_dicom_options
+
+    try:
+        set_dicom_options(DicomReadOptions.parse(value))
+    except ValueError as exc:
+        raise UsageError(f"--dicom-voi {exc}") from None
+
+
+def dicom_voi_option(f: Callable) -> Callable:
+    """``--dicom-voi none|auto|CENTER,WIDTH``: how DICOM inputs are read (docs/dicom.md)."""
+    return click.option(
+        "--dicom-voi", default="none", show_default=True, metavar="none|auto|CENTER,WIDTH", expose_value=False,
+        callback=_set_dicom_voi,
+        help="DICOM grey scale: none (modality LUT only, as torchxrayvision), auto (the file's VOI LUT or "
+             "first window) or a window CENTER,WIDTH in modality units.",
+    )(f)
+
+
+def dicom_out_option(f: Callable) -> Callable:
+    """``--dicom-out DIR``: DICOM SEG, SR and CAM overlays for DICOM inputs (docs/dicom.md)."""
+    return click.option(
+        "--dicom-out", type=click.Path(file_okay=False), default=None, metavar="DIR",
+        help="Also write a DICOM Segmentation, a Structured Report and CAM overlays per DICOM input "
+             "(a non-DICOM input is an error).",
+    )(f)

@@ -3,7 +3,8 @@
 The chain (:mod:`xcam.chain`) with the settings of ``--profile`` (options given here override it);
 files under ``OUTPUT/{image_stem}/`` as :mod:`xcam.chain.outputs` lays them out: ``_P0`` overlay,
 ``_P1`` heatmap, ``_P2`` red channel, ``_P3`` mask, ``_cam.npy``, ``_PBBox.json/.png``,
-``_input_image_.png``, ``metadata.json`` and ``analysis.json``.
+``_input_image_.png``, ``metadata.json`` and ``analysis.json``; with ``--dicom-out DIR`` (DICOM
+inputs) also a DICOM Segmentation, a Structured Report and CAM overlays (docs/dicom.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from xcam.commands._common import (
     accept_changed_weights_option,
     cam_options,
     device_option,
+    dicom_out_option,
+    dicom_voi_option,
     plugin_manager,
     profile_option,
     resolve_device,
@@ -55,12 +58,14 @@ def finding_line(finding: "Finding") -> str:
 @profile_option
 @cam_options
 @click.option("--output-dir", type=click.Path(file_okay=False), default="OUTPUT", show_default=True)
+@dicom_out_option
+@dicom_voi_option
 @device_option
 @weights_dir_option
 @accept_changed_weights_option
 @click.option("--random-weights", is_flag=True, hidden=True, help="Random-init model (tests, demos).")
 def cam(input_path, model, weights, target_classes, top_k, threshold, profile, method, cam_layers, aug_smooth,
-        eigen_smooth, mask_name, mask_option, strategy, strategy_option, output_dir, device, weights_dir,
+        eigen_smooth, mask_name, mask_option, strategy, strategy_option, output_dir, dicom_out, device, weights_dir,
         accept_changed_weights, random_weights) -> None:
     """Class activation maps, masks, boxes and overlays for one image."""
     from pathlib import Path
@@ -78,6 +83,10 @@ def cam(input_path, model, weights, target_classes, top_k, threshold, profile, m
     if targets and top_k is not None:
         raise UsageError("use either --target-class or --top-k, not both")
     image = load_image(input_path)  # a bad image fails before the model loads
+    if dicom_out:
+        from xcam.interop.dicom import check_source
+
+        check_source(input_path)  # a non-DICOM input fails here, before anything is written
     pm = plugin_manager()
     settings = settings_from_options(profile, method, cam_layers, aug_smooth, eigen_smooth, mask_name, mask_option,
                                      strategy, strategy_option)
@@ -97,3 +106,8 @@ def cam(input_path, model, weights, target_classes, top_k, threshold, profile, m
     if not r.findings:
         click.echo(f"  no class with probability >= {threshold:g}")
     click.echo(f"{len(paths)} files -> {Path(output_dir) / result.stem}")
+    if dicom_out:
+        from xcam.interop.dicom import weights_digests, write_dicom
+
+        written = write_dicom(result, dicom_out, digests=weights_digests(chain.models))
+        click.echo(f"{len(written)} DICOM files ({', '.join(p.name for p in written)}) -> {dicom_out}")

@@ -457,19 +457,37 @@ def analyse(pm: "XcamPluginManager", s: UiSettings, picked: Picked, selection: l
         st.caption("Select two or more models that predict this pathology to see a consolidated box.")
     show_metrics(analysis)
     st.session_state["xcam_images"] = {n: tuple(a.shape) for n, a in files.items()}  # what the ZIP holds
-    show_downloads(page, files, name)
+    dicom = None
+    if image.source_format == "dicom":  # SEG + SR + CAM overlays (xcam.interop.dicom), made once per view
+        from xcam.interop.dicom import dicom_zip, weights_digests
+
+        def make_dicom() -> bytes | str:
+            try:
+                chain = engine.build(pm, specs, settings, pathology, **where)
+                return dicom_zip(analysis, digests=weights_digests(chain.models))
+            except XcamError as exc:
+                return str(exc)
+
+        dicom = state.memo(("dicom", *key, engine.settings_key(settings), pathology), make_dicom)
+    show_downloads(page, files, name, dicom)
 
 
-def show_downloads(document: dict[str, Any], files: dict[str, "np.ndarray"], name: str) -> None:
+def show_downloads(document: dict[str, Any], files: dict[str, "np.ndarray"], name: str,
+                   dicom: bytes | str | None = None) -> None:
     from xcam.ui.export import safe_part, to_json, zip_bytes
 
     stem = safe_part(name.rsplit(".", 1)[0])
     st.subheader("Download")
-    left, right, _ = st.columns(MIN_COLUMNS)
+    left, right, third = st.columns(MIN_COLUMNS)
     left.download_button("JSON of this page", to_json(document), file_name=f"{stem}_xcam.json",
                          mime="application/json", key="download_json")
     right.download_button("Images shown (ZIP)", zip_bytes(files, document), file_name=f"{stem}_xcam.zip",
                           mime="application/zip", key="download_zip")
+    if isinstance(dicom, bytes):  # a DICOM input: its SEG, SR and CAM overlays (docs/dicom.md)
+        third.download_button("DICOM SEG + SR (ZIP)", dicom, file_name=f"{stem}_xcam_dicom.zip",
+                              mime="application/zip", key="download_dicom")
+    elif isinstance(dicom, str):
+        third.warning(f"No DICOM output: {dicom}")
 
 
 def main() -> None:
