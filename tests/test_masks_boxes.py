@@ -216,7 +216,7 @@ def test_bbox_command_writes_json_and_png(tmp_path: Path, pm, monkeypatch, capsy
     m = report["metrics"]
     assert m["iou"] == pytest.approx(0.5) and m["iobb"] == pytest.approx(1.0)
     assert m["dice"] == pytest.approx(2 / 3) and m["colloc@0.3"] == 1.0
-    assert m["precision@0.5"] == 1.0 and m["ap@.5"] == 1.0 and m["ap@.75"] == 0.0
+    assert m["precision@0.5"] == 1.0 and m["image_ap@.5"] == 1.0 and m["image_ap@.75"] == 0.0
     assert m["pixel_accuracy"] == pytest.approx(1 - 2400 / 12000)
     assert "pointing_game" not in m  # no CAM beside the mask: no peak to point with
     png = render.read_png(tmp_path / "out" / "densenet121_Pleural_Thickening_PBBox.png", color=True)

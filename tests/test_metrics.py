@@ -65,7 +65,7 @@ def test_empty_and_degenerate_predictions_give_zero() -> None:
     values = M.image_metrics([], g, 20, 20)
     assert set(values) == set(M.METRIC_KEYS)
     assert all(not math.isnan(v) for v in values.values())
-    assert values["iou"] == 0 and values["ap@.5"] == 0 and values["precision@0.5"] == 0
+    assert values["iou"] == 0 and values["image_ap@.5"] == 0 and values["precision@0.5"] == 0
 
 
 def test_scored_box_accepted_and_box_dict() -> None:
@@ -105,14 +105,14 @@ def test_ap_false_positive_ranked_first() -> None:
     preds = [ScoredBox(20, 20, 5, 5, 0.95), ScoredBox(0, 0, 10, 10, 0.9)]
     # ranks: FP (P=0, R=0), TP (P=1/2, R=1) -> AP = 1 * 1/2 at every threshold
     assert M.average_precision(preds, [g], 0.5) == approx(0.5)
-    assert M.coco_ap(preds, [g]) == approx({"ap@[.5:.95]": 0.5, "ap@.5": 0.5, "ap@.75": 0.5})
+    assert M.image_ap(preds, [g]) == approx({"image_ap@[.5:.95]": 0.5, "image_ap@.5": 0.5, "image_ap@.75": 0.5})
 
 
 def test_ap_across_thresholds() -> None:
     g = (0, 0, 10, 10)
     ap = M.coco_ap([(0, 0, 10, 16)], [g])  # IoU 0.625: a hit at 0.50, 0.55, 0.60 only
-    assert ap["ap@.5"] == 1.0 and ap["ap@.75"] == 0.0
-    assert ap["ap@[.5:.95]"] == approx(0.3)
+    assert ap["image_ap@.5"] == 1.0 and ap["image_ap@.75"] == 0.0
+    assert ap["image_ap@[.5:.95]"] == approx(0.3)
 
 
 def test_ap_two_ground_truths_all_point_interpolation() -> None:

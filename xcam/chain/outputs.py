@@ -305,7 +305,10 @@ def _boxes(entries: Any) -> list["ScoredBox"]:
 
 
 def read_box_json(path: str | Path) -> StoredFinding:
-    """One ``*_PBBox.json`` or ``*_bbox.json`` (as :func:`write_result` writes them)."""
+    """One ``*_PBBox.json`` or ``*_bbox.json`` (as :func:`write_result` writes them; files from
+    before the single-image AP rename have their ``ap@…`` metrics read as ``image_ap@…``)."""
+    from xcam.core.metrics import upgrade_metric_keys
+
     p = Path(path)
     data = read_json(p)
     if not isinstance(data, dict) or "boxes" not in data:
@@ -324,7 +327,7 @@ def read_box_json(path: str | Path) -> StoredFinding:
     return StoredFinding(
         folder=folder, model=data.get("model"), pathology=str(data.get("pathology") or data.get("target_class") or prefix),
         probability=data.get("probability"), boxes=_boxes(data.get("boxes")), strategy=data.get("strategy"),
-        mask_extractor=data.get("mask_extractor"), ground_truth=gts, metrics=data.get("metrics"),  # type: ignore[arg-type]
+        mask_extractor=data.get("mask_extractor"), ground_truth=gts, metrics=upgrade_metric_keys(data.get("metrics")),  # type: ignore[arg-type]
         cam_file=cam_path if cam_path.is_file() else None, mask_file=mask_path if mask_path.is_file() else None,
     )
 

@@ -18,6 +18,8 @@ from xcam.commands._common import (
     accept_changed_weights_option,
     cam_options,
     device_option,
+    dicom_out_option,
+    dicom_voi_option,
     plugin_manager,
     failure_limits,
     plugin_failure_options,
@@ -80,13 +82,18 @@ def summary_line(path: str, analysis: "ImageResult") -> str:
 @click.option("--gt-classes/--no-gt-classes", default=True, show_default=True,
               help="Also explain classes that have a ground-truth box on the image.")
 @click.option("--output-dir", type=click.Path(file_okay=False), default="OUTPUT", show_default=True)
+@click.option("--coco", "coco_file", default=None, type=click.Path(dir_okay=False), metavar="FILE.json",
+              help="Also write the boxes as COCO results (score: class probability) and FILE.dataset.json "
+                   "(images, categories, --ground-truth-csv boxes); with ground truth, print COCO AP.")
 @click.option("--no-render", is_flag=True, help="Write no PNG images (CAM .npy and JSON only).")
 @click.option("--json-only", is_flag=True, help="Write only the JSON files (no images, no .npy).")
-@click.option("--backend", type=click.Choice(["torch", "onnx", "auto"]), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(["torch", "onnx", "auto", "openvino"]), default="torch", show_default=True,
               help="Backend for classification (CAMs in-graph when it serves the method, else on PyTorch).")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Decoding threads.")
 @plugin_failure_options
+@dicom_out_option
+@dicom_voi_option
 @device_option
 @weights_dir_option
 @accept_changed_weights_option
@@ -96,8 +103,8 @@ def summary_line(path: str, analysis: "ImageResult") -> str:
 @click.option("--quiet", is_flag=True, help="No per-image lines.")
 def analyze(input_path, models, weights, target_classes, top_k, threshold, profile, method, cam_layers, aug_smooth,
             eigen_smooth, mask_name, mask_option, strategy, strategy_option, ensembler, model_weights,
-            ground_truth_csv, gt_classes, output_dir, no_render, json_only, backend, batch_size, workers, fail_fast,
-            max_plugin_failures, device,
+            ground_truth_csv, gt_classes, output_dir, coco_file, no_render, json_only, backend, batch_size, workers, fail_fast,
+            max_plugin_failures, dicom_out, device,
             weights_dir, accept_changed_weights, random_weights, threads, quiet) -> None:
     """Whole chain: classify, CAMs, masks, boxes, consolidation across models, metrics."""
     import sys
@@ -161,6 +168,12 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
     summary: list[dict[str, Any]] = []
     used: dict[str, int] = {}
     bar = progress_bar(len(files), "analyze", enabled=len(files) >= 2, unit="image")
+    from xcam.interop.coco import CocoCollector
+
+    coco = CocoCollector() if coco_file else None
+    from xcam.interop.dicom import weights_digests, write_dicom
+
+    digests = weights_digests(chain.models) if dicom_out else {}
     stopped = None
     try:
         for result in chain.stream(files, batch_size=batch_size, workers=workers,
@@ -174,12 +187,16 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
                 used[stem] = used.get(stem, 0) + 1
                 write_result(result, out_root, render=render, arrays=not json_only, folder_name=folder,
                              settings=settings.as_dict())
+                if dicom_out:  # a file that cannot get DICOM output fails here, on one line
+                    write_dicom(result, dicom_out, name=folder, digests=digests)
             except XcamError as exc:
                 failures.append(result.path)
                 summary.append({"image": result.path, "status": "error", "error": str(exc)})
                 tqdm.write(f"error: {exc}", file=sys.stderr)
                 continue
             done += 1
+            if coco is not None:
+                coco.add_result(result, ground_truth=bool(truth))
             total.add(result.timings)
             summary.append({"image": result.path, "status": "ok", "folder": str(out_root / folder),
                             "seconds": dict(result.timings.seconds)})
@@ -195,6 +212,11 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
         "model_load_seconds": chain.load_seconds,
     })
     click.echo(timing_report(total, done, chain.load_seconds))
+    if coco is not None:
+        coco_paths = coco.write(coco_file)
+        click.echo(f"COCO: {len(coco.predictions)} boxes -> {coco_paths[0]} (data set: {coco_paths[1]})")
+        if coco.has_ground_truth:
+            click.echo(coco.evaluate().line())
     click.echo(f"{done} of {len(files)} images analyzed -> {out_root}")
     if failures:
         click.echo(f"error: {len(failures)} of {len(files)} images failed", err=True)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from xcam.commands._common import plugin_manager, weights_dir_option
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xcam.core.weights import WeightsStore
 
 
 @click.command("plugins")
@@ -29,11 +33,24 @@ def plugins(as_json: bool) -> None:
 @click.command("models")
 @weights_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def models(weights_dir: str | None, as_json: bool) -> None:
-    """List classifiers with weight variants, labels, input size and whether weights are local."""
+@click.option("--card", "card", default=None, metavar="NAME[:VARIANT]",
+              help="Print the model card of these weights (VARIANT: a variant, a checkpoint path, or 'demo').")
+@click.option("--output", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+              help="With --card: write PATH.md and PATH.json.")
+@click.option("--metrics", "metrics", multiple=True, type=click.Path(dir_okay=False), metavar="results.json",
+              help="With --card: an `xcam evaluate` results.json of these weights to report (repeatable).")
+def models(weights_dir: str | None, as_json: bool, card: str | None, output: str | None,
+           metrics: tuple[str, ...]) -> None:
+    """List classifiers with weight variants, labels, input size and whether weights are local;
+    or, with --card, the model card of one set of weights."""
     from xcam.core.weights import WeightsStore
 
     store = WeightsStore.from_env(weights_dir)
+    if card is None and (output or metrics):
+        raise click.UsageError("--output and --metrics need --card")
+    if card is not None:
+        show_card(card, store, output, metrics, as_json)
+        return
     rows = []
     for reg in plugin_manager().classifiers().values():
         for variant in reg.variants:
@@ -57,3 +74,17 @@ def models(weights_dir: str | None, as_json: bool) -> None:
         if row["training_data"]:
             click.echo(f"    trained on: {row['training_data']}")
     click.echo("(* = default variant)")
+
+
+def show_card(ref: str, store: "WeightsStore", output: str | None, metrics: tuple[str, ...], as_json: bool) -> None:
+    """``xcam models --card``: build, print and (``--output``) write a card."""
+    from xcam.core.cards import DEMO_RESULTS, build_card, card_markdown, write_card
+
+    name, _, variant = ref.partition(":")
+    registration = plugin_manager().classifier(name)
+    data = build_card(registration, variant or None, store=store, evaluations=metrics,
+                      found_evaluations=[DEMO_RESULTS])
+    click.echo(json.dumps(data, indent=2) if as_json else card_markdown(data), nl=as_json)
+    if output:
+        md, js = write_card(data, output)
+        click.echo(f"card: {md}, {js}", err=True)

@@ -27,7 +27,7 @@ from xcam.commands._common import (
               help="Results; the format follows the suffix (.parquet is a directory of parts).")
 @click.option("--models", default=None, metavar="M[:WEIGHTS],...",
               help="Classifiers, comma-separated (default from plugins.toml). Several → ensemble columns too.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino"]), default="auto", show_default=True,
               help="auto: ONNX Runtime when available, else PyTorch.")
 @device_option
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
@@ -36,6 +36,9 @@ from xcam.commands._common import (
 @click.option("--with-cams", is_flag=True, help="Compute CAMs (a 'cams' column with each CAM's peak).")
 @click.option("--cam-classes", type=click.Choice(["positive", "all"]), default="positive", show_default=True)
 @click.option("--boxes", is_flag=True, help="Boxes per positive finding, in original pixels ('boxes' JSON column).")
+@click.option("--coco", "coco_file", default=None, type=click.Path(dir_okay=False), metavar="FILE.json",
+              help="With --boxes: also write the boxes as COCO results (score: class probability) and "
+                   "FILE.dataset.json (images, categories), read from the whole --output at the end.")
 @profile_option
 @click.option("--cam-method", default=None, help="CAM method plugin (default: the profile's; see `xcam config`).")
 @click.option("--mask", "mask_name", default=None, help="Mask extractor plugin for --boxes (default: the profile's).")
@@ -56,7 +59,8 @@ from xcam.commands._common import (
 @accept_changed_weights_option
 @click.pass_context
 def score(ctx: click.Context, input_: str, output: str, models: str | None, backend: str, device: str,
-          batch_size: int, threshold: float, with_cams: bool, cam_classes: str, boxes: bool, profile: str | None,
+          batch_size: int, threshold: float, with_cams: bool, cam_classes: str, boxes: bool, coco_file: str | None,
+          profile: str | None,
           cam_method: str | None, mask_name: str | None, strategy: str | None, ensembler: str | None,
           fail_fast: bool, max_plugin_failures: int | None, workers: int | None, resume: bool, engine: str, address: str | None,
           progress: bool | None, as_json: bool, pool: str, random_weights: bool, weights_dir: str | None,
@@ -78,6 +82,8 @@ def score(ctx: click.Context, input_: str, output: str, models: str | None, back
     output_format(output)
     if address and engine != "ray":
         raise click.UsageError("--address needs --engine ray")
+    if coco_file and not boxes:
+        raise click.UsageError("--coco needs --boxes")
     pm = plugin_manager(ctx)
     root = ctx.find_root().obj or {}
     absolute = lambda p: os.path.abspath(p) if p else None
@@ -96,5 +102,10 @@ def score(ctx: click.Context, input_: str, output: str, models: str | None, back
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         click.echo(summary.text(), err=False)
+    if coco_file:
+        from xcam.score.coco import write_coco
+
+        results, dataset, n = write_coco(output, coco_file)
+        click.echo(f"COCO: {n} boxes -> {results} (data set: {dataset})", err=as_json)
     if summary.failed:
         sys.exit(1)

@@ -14,7 +14,9 @@ Conventions
   does not pay seconds of ``import torch`` for one column.
 
 Per image: :func:`box_iou`, :func:`box_dice`, :func:`iobb`, :func:`pixel_accuracy`,
-:func:`precision_recall`, :func:`colloc`, :func:`average_precision`, :func:`coco_ap`,
+:func:`precision_recall`, :func:`colloc`, :func:`average_precision`, :func:`image_ap` (single-image
+AP of one class's boxes, keys :data:`IMAGE_AP_KEYS`; dataset-level COCO AP is
+:mod:`xcam.interop.coco`),
 :func:`mask_iou`, :func:`mask_dice`, :func:`pointing_game_hit`, and :func:`image_metrics` which
 gathers them under the keys written to ``*_PBBox.json``.
 
@@ -46,11 +48,19 @@ IOU_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 """0.50, 0.55, …, 0.95: the thresholds averaged by AP@[.5:.95]."""
 
+IMAGE_AP_KEYS: tuple[str, str, str] = ("image_ap@[.5:.95]", "image_ap@.5", "image_ap@.75")
+"""Single-image AP of the boxes of one class (:func:`image_ap`): **not** COCO's dataset-level AP,
+which ranks every detection of a class over the whole data set (:mod:`xcam.interop.coco`)."""
+
 METRIC_KEYS: tuple[str, ...] = (
     "iou", "dice", "iobb", "pixel_accuracy", "precision@0.5", "recall@0.5",
-    "colloc@0.1", "colloc@0.3", "ap@[.5:.95]", "ap@.5", "ap@.75",
+    "colloc@0.1", "colloc@0.3", *IMAGE_AP_KEYS,
 )
 """The keys of :func:`image_metrics`, in the order they are reported."""
+
+LEGACY_METRIC_KEYS: dict[str, str] = {"ap@[.5:.95]": IMAGE_AP_KEYS[0], "ap@.5": IMAGE_AP_KEYS[1],
+                                      "ap@.75": IMAGE_AP_KEYS[2]}
+"""Names that files written before the rename carry → today's names (:func:`upgrade_metric_keys`)."""
 
 
 # -- boxes ---------------------------------------------------------------------------------
@@ -212,6 +222,7 @@ def average_precision(
     ``Pₖ = TPₖ / k`` and ``Rₖ = TPₖ / #gt``. With the interpolated precision
     ``P̂(r) = max_{k: Rₖ ≥ r} Pₖ``, ``AP = Σₖ (Rₖ − Rₖ₋₁) · P̂(Rₖ)`` with ``R₀ = 0``.
     No ground truth or no prediction → 0 (COCO uses 101 recall points instead; values differ slightly).
+    Over one image's boxes this is the *single-image* AP written to ``*_PBBox.json``.
     """
     import numpy as np
 
@@ -226,13 +237,33 @@ def average_precision(
     return float(np.sum(steps * interp))
 
 
-def coco_ap(
+def image_ap(
     preds: Sequence[Box], gts: Sequence[Box], scores: Sequence[float] | None = None
 ) -> dict[str, float]:
-    """COCO-style AP of one image: ``ap@[.5:.95]`` = mean of :func:`average_precision` over
-    IoU thresholds 0.50, 0.55, …, 0.95; ``ap@.5`` and ``ap@.75`` at single thresholds."""
+    """Single-image AP of the boxes of one class, at COCO's IoU thresholds: ``image_ap@[.5:.95]`` =
+    mean of :func:`average_precision` over IoU 0.50, 0.55, …, 0.95; ``image_ap@.5`` and
+    ``image_ap@.75`` at single thresholds.
+
+    It ranks only this image's boxes (by their CAM scores), so with one ground-truth box it mostly
+    says whether the best box overlaps it. COCO's AP ranks every detection of a class across the
+    data set by its score (xcam: the class probability) and interpolates at 101 recall points; that
+    number comes from pycocotools (:func:`xcam.interop.coco.coco_eval`)."""
     aps = {t: average_precision(preds, gts, t, scores) for t in COCO_IOU_THRESHOLDS}
-    return {"ap@[.5:.95]": sum(aps.values()) / len(aps), "ap@.5": aps[0.5], "ap@.75": aps[0.75]}
+    k_all, k_50, k_75 = IMAGE_AP_KEYS
+    return {k_all: sum(aps.values()) / len(aps), k_50: aps[0.5], k_75: aps[0.75]}
+
+
+coco_ap = image_ap
+"""The former name of :func:`image_ap` (kept for callers; the keys are the new ones)."""
+
+
+def upgrade_metric_keys(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Metrics read from a file: the pre-rename AP keys (``ap@.5`` …) under today's names
+    (``image_ap@.5`` …); a value under the new name wins. ``None`` stays ``None``."""
+    if metrics is None or not isinstance(metrics, Mapping):
+        return metrics  # type: ignore[return-value]
+    return {LEGACY_METRIC_KEYS.get(k, k): v for k, v in metrics.items()
+            if not (k in LEGACY_METRIC_KEYS and LEGACY_METRIC_KEYS[k] in metrics)}
 
 
 def image_metrics(preds: Sequence[Box], gt: Box, width: int, height: int) -> dict[str, float]:
@@ -254,7 +285,7 @@ def image_metrics(preds: Sequence[Box], gt: Box, width: int, height: int) -> dic
         "colloc@0.1": float(colloc(top, gt, 0.1)),
         "colloc@0.3": float(colloc(top, gt, 0.3)),
     }
-    out.update(coco_ap(ordered, [gt]))
+    out.update(image_ap(ordered, [gt]))
     return {k: float(out[k]) for k in METRIC_KEYS}
 
 
