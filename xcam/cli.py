@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("evaluate", "evaluate", "Dataset-level localization evaluation (Wang et al. 2017 protocol)."),
     "demo": ("demo", "demo", "Offline demo: phantoms, train, evaluate, render (no network needed)."),
     "score": ("score", "score", "High-throughput batch scoring of image folders (local or Ray)."),
+    "saliency": ("saliency", "saliency", "Compare CAM methods: localization, faithfulness (ROAD), sanity, speed."),
     "ui": ("ui", "ui", "Start the Streamlit web UI."),
 }
 
