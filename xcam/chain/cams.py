@@ -12,7 +12,10 @@ Two routes, chosen from what the backend declares (:class:`xcam.core.inference.C
   once per target layer; several layers are fused by the ensembler's ``combine_cams``.
 
 Layers: ``"model"`` is the classifier's target layer; ``"auto"`` the layers its network declares
-as localizing best (``localization_layers``), else its target layer.
+as localizing best (``localization_layers``), else its target layer. When those declared layers are
+exactly the backend's in-graph CAM layer (a class-map head such as PYLON, whose class maps are its
+localization), ``"auto"`` takes the in-graph maps whatever ``cam_method`` says; a plugin method runs
+on such a model with ``cam_layers = "model"`` or explicit layers.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ def plan(model: "LoadedModel", cam: "CamSettings", pm: "XcamPluginManager") -> C
         layers = tuple(cam.layers)
     method = pm.cam_method(cam.method).name
     clf = model.classifier
+    if cam.layers == "auto" and declared and declared == (clf.cam_layer,) and clf.in_graph_cams:
+        method = pm.cam_method(min(clf.in_graph_cams)).name  # the network's class maps are its localization
     in_graph = method in clf.in_graph_cams and layers == (clf.cam_layer,) and not cam.eigen_smooth
     options = plugin_options(pm, method, cam.options)
     return CamPlan(method, layers, in_graph, cam.aug_smooth, cam.eigen_smooth, options)

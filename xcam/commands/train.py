@@ -34,8 +34,9 @@ def split_labels(text: str | None) -> list[str] | None:
               help="Fraction of PATIENTS held out for validation.")
 @click.option("--labels", default=None, help="Comma-separated classes to learn (default: all findings in the csv).")
 @click.option("--cam-layer", default=None, help="CAM target layer written into the checkpoint (default: per arch, 14×14 stage).")
-@click.option("--head", type=click.Choice(["mlp", "lse"]), default="mlp", show_default=True,
-              help="mlp: torchvision's pooled MLP head; lse: one 1×1-conv score map per class, log-sum-exp pooled.")
+@click.option("--head", type=click.Choice(["mlp", "lse", "pylon"]), default="mlp", show_default=True,
+              help="mlp: torchvision's pooled MLP head; lse: one 1×1-conv score map per class, log-sum-exp pooled; "
+                   "pylon: a feature-pyramid decoder giving class maps at stride 8 (they are the CAM).")
 @click.option("--dilated/--no-dilated", default=False, show_default=True,
               help="Dilate the last stage: final feature map 14×14 instead of 7×7 at 224 px (≈2× compute).")
 @click.option("--schedule", type=click.Choice(["cosine", "onecycle", "constant"]), default="cosine", show_default=True)

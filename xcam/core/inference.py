@@ -64,8 +64,10 @@ class TorchClassifier:
         self.preprocessing = model.preprocessing
         self.backend = f"torch:{device}"
         self._head = model.gap_linear_head()
-        self.in_graph_cams: frozenset[str] = frozenset({"gradcam"}) if self._head is not None else frozenset()
-        self.cam_layer = model.target_layer_path if self._head is not None else ""
+        self._maps = model.class_map_head() if self._head is None else None  # PYLON: the class maps
+        in_graph = self._head is not None or self._maps is not None
+        self.in_graph_cams: frozenset[str] = frozenset({"gradcam"}) if in_graph else frozenset()
+        self.cam_layer = self._maps[0] if self._maps is not None else model.target_layer_path if in_graph else ""
         self.localization_layers = tuple(model.localization_layers)
 
     @property
@@ -98,6 +100,11 @@ class TorchClassifier:
 
         from xcam.core.cam_math import normalize_cams, raw_cams
 
+        if self._maps is not None:  # class-map heads (PYLON): the model's own CAMs of its class maps
+            with torch.inference_mode():
+                logits, maps = self._maps[1](self._input(batch))
+                probs = self.model.calibrate(logits.float()).cpu().numpy()
+                return probs, normalize_cams(maps.float().cpu().numpy())
         if self._head is None:
             return self.predict(batch), None
         features, linear = self._head

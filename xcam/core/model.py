@@ -6,7 +6,7 @@ gradients); :meth:`XCamModel.calibrate` turns logits into the probabilities user
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -86,4 +86,10 @@ class XCamModel(nn.Module):
     def gap_linear_head(self) -> tuple[nn.Module, nn.Linear] | None:
         """For GAP → linear heads: ``(features, linear)`` where ``features(x)`` is the last feature
         map that is pooled (after any activation) and ``linear`` the head. ``None`` otherwise."""
+        return None
+
+    def class_map_head(self) -> "tuple[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] | None":
+        """For heads whose logits pool one score map per class (PYLON): ``(layer, fn)``, ``fn(x)`` →
+        ``(logits, cams [B, C, h, w])``: every class's CAM from ``layer``'s output maps, ≥ 0 and not
+        normalized (ReLU(map), which is Grad-CAM at that layer up to a constant). ``None`` otherwise."""
         return None

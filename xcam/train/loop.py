@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from xcam.core.errors import UsageError, XcamError
+from xcam.core.cards import training_metadata
 from xcam.train import checkpoint as ckpt
 from xcam.train.data import XrayDataset, cache_fits, patient_split, read_label_table
 
@@ -39,7 +40,12 @@ LAST_FEATURE_BLOCKS: dict[str, str] = {"mobilenet_v3_small": "net.features.12", 
 
 def default_cam_layer(arch: str, head: str) -> str:
     """The CAM layer written into a new checkpoint: with the LSE head the last block (Grad-CAM there
-    is the class score map itself), otherwise a 14×14 block of the stride-16 stage."""
+    is the class score map itself), with the PYLON head its class-map convolution, otherwise a 14×14
+    block of the stride-16 stage."""
+    if head == "pylon":
+        from xcam.nets.pylon import CLASS_MAP_LAYER
+
+        return CLASS_MAP_LAYER
     return (LAST_FEATURE_BLOCKS if head == "lse" else DEFAULT_CAM_LAYERS)[arch]
 
 
@@ -420,6 +426,10 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
             "best_val_auc": best_auc, "best_epoch": best_epoch,
             "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
             "rng": ckpt.rng_state(), "config": asdict(config), "planned_epochs": plan.epochs,
+            "card": training_metadata(  # for `xcam models --card` and the ONNX export's card
+                names=table.names, targets=table.targets, labels=labels, epoch=epoch, planned_epochs=plan.epochs,
+                best_val_auc=best_auc, best_epoch=best_epoch, val_auc=val_auc, history=history,
+                train_images=len(train_set), val_images=len(val_set), config=asdict(config)),
         })
         ckpt.save_atomic(state, last_path)
         ckpt.trust(last_path)

@@ -46,6 +46,7 @@ def build(request: BuildRequest) -> "XCamModel":
                 head=checkpoint.get("head", "mlp"),
                 dilated=bool(checkpoint.get("dilated", False)),
                 lse_r=float(checkpoint.get("lse_r") or 5.0),
+                pylon_pool=str(checkpoint.get("pylon_pool") or "lse"),
             )
         except (ValueError, TypeError) as exc:
             raise WeightsError(f"{path}: unusable checkpoint settings ({exc})") from None
