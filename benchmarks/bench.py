@@ -17,7 +17,11 @@ machine hits all of them alike; medians are reported):
 
 Random weights by default (saved once under their real file names in ``$XCAM_HOME/bench/weights``
 with seed 0, so the ONNX exports are cached across runs); ``--real-weights`` uses the normal store.
-Results: a rich table on the terminal, JSON, and a PNG bar chart beside the JSON.
+Results: a table (rich on a terminal; as wide as its content in a file or a pipe, so model and
+backend names are never cut; ``--format markdown`` or ``json`` for either), JSON, and a PNG bar
+chart beside the JSON. Every row says what it ran on (``runs_on``: backend, provider, INT8
+preset; ``auto`` rows show what ``--backend auto`` chose), and the header and the JSON name the
+machine: CPU model, ISA flags (AVX2, AVX-512, VNNI, AMX) and cores.
 """
 
 from __future__ import annotations
@@ -41,10 +45,14 @@ from typing import Any, Self
 import numpy as np
 
 SCHEMA = "xcam-bench/1"
+FORMATS = ("table", "markdown", "json")
 QUICK_CLASSES = 3  # --quick times per-class loops over this many classes and scales to all
 TARGETS = {  # ratio name -> (comparison, threshold, description)
     "onnx_vs_torch_b1": (">=", 2.0, "ONNX FP32 / torch eager images/s, batch 1 (cpu)"),
     "onnx_vs_torch_b16": (">=", 2.0, "ONNX FP32 / torch eager images/s, batch 16 (cpu)"),
+    "best_vs_torch_b1": (">=", 2.0, "best CPU backend (onnx, openvino, INT8, auto) / torch eager images/s, batch 1"),
+    "best_vs_torch_b16": (">=", 2.5, "best CPU backend (onnx, openvino, INT8, auto) / torch eager images/s, batch 16"),
+    "best_int8_vs_fp32_b16": (">=", 1.8, "best INT8 (onnx-int8, openvino-int8) / ONNX FP32 images/s, batch 16 (cpu)"),
     "int8_vs_fp32_b1": (">=", 1.8, "ONNX INT8 / ONNX FP32 images/s, batch 1 (cpu)"),
     "int8_vs_fp32_b16": (">=", 1.8, "ONNX INT8 / ONNX FP32 images/s, batch 16 (cpu)"),
     "allclass_cam_vs_classify": ("<=", 1.25, "ONNX classify + all-class Grad-CAM time / ONNX classify time"),
@@ -178,12 +186,17 @@ def machine_info() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for dist in ("xcam", "torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "onnxscript", "numpy",
+    for dist in ("xcam", "torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "openvino", "onnx", "onnxscript",
+                 "numpy",
                  "grad-cam", "torchxrayvision", "opencv-python-headless"):
         with contextlib.suppress(md.PackageNotFoundError):
             versions[dist] = md.version(dist)
+    from xcam.core.cpu import cpu_info
+
+    c = cpu_info()
     info: dict[str, Any] = {
-        "cpu": cpu, "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": c.model or cpu, "cpu_model": c.model or cpu, "isa": c.isa, "cpu_flags": sorted(c.flags),
+        "cpu_key": c.key(), "cores": c.cores, "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cores_logical": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -260,7 +273,17 @@ def setup_model(pm: Any, name: str, settings: BenchSettings, store: Any, log: Ca
     return ModelSetup(name, reg, store, model.eval(), artifact.path, pool, source)
 
 
-def int8_for(setup: ModelSetup, settings: BenchSettings, log: Callable[[str], None]) -> Path:
+def int8_for(setup: ModelSetup, settings: BenchSettings, log: Callable[[str], None], runtime: str = "onnxruntime",
+             ) -> Path:
+    """The INT8 file: the one ``xcam export --quantize int8`` kept on this CPU when it measured
+    one, else the default preset made from the bench's calibration images."""
+    from xcam.core.cpu import cpu_info
+    from xcam.export.quantize import chosen_for
+
+    if chosen_for(setup.fp32, cpu_info().key()) is not None:
+        from xcam.export.backends import int8_file
+
+        return int8_file(setup.fp32, None, runtime)
     if setup.int8 is None:
         from xcam.export.quantize import ensure_int8
 
@@ -302,6 +325,23 @@ def make_classifier(setup: ModelSetup, backend: str, device: str, settings: Benc
         return AcceleratedTorchClassifier(copy.deepcopy(setup.model), device, amp=amp if device == "cuda" else None,
                                           compile_mode="max-autotune-no-cudagraphs" if device == "cpu"
                                           else "reduce-overhead"), ""
+    if backend == "auto":
+        if device != "cpu":
+            return None, "auto is measured for CPUs; the cuda rows are onnx"
+        from xcam.export.backends import auto_choice, open_backend
+
+        runtime, path, reason = auto_choice(setup.fp32, device)
+        log(f"{setup.name} auto → {reason}")
+        return open_backend(runtime, path, device), reason
+    if backend in ("openvino", "openvino-int8"):
+        from xcam.export.openvino_runtime import OpenVinoClassifier, openvino_available
+
+        if device != "cpu":
+            return None, "OpenVINO runs on the CPU here"
+        if not openvino_available():
+            return None, "openvino is not installed (pip install 'xcam[openvino]')"
+        path = setup.fp32 if backend == "openvino" else int8_for(setup, settings, log, "openvino")
+        return OpenVinoClassifier.from_path(path, device), ""
     if backend in ("onnx", "onnx-int8"):
         if backend == "onnx-int8" and device != "cpu":
             return None, "INT8 (QDQ) is a CPU path here: CUDA EP does not accelerate it"
@@ -313,8 +353,18 @@ def make_classifier(setup: ModelSetup, backend: str, device: str, settings: Benc
     return None, f"unknown backend {backend!r}"
 
 
+def runs_on(clf: Any) -> str:
+    """What a row actually ran: the classifier's backend, plus the INT8 preset for INT8 files."""
+    from xcam.export.quantize import FP32, preset_name
+
+    preset = preset_name(getattr(clf, "metadata", {}) or {})
+    return clf.backend + ("" if preset == FP32 else f" [{preset}]")
+
+
 def section_throughput(setups: list[ModelSetup], settings: BenchSettings, devices: list[str], rss: PeakRSS,
-                       log: Callable[[str], None], skipped: list[str]) -> list[dict[str, Any]]:
+                       log: Callable[[str], None], skipped: list[str],
+                       notes: list[str] | None = None) -> list[dict[str, Any]]:
+    notes = notes if notes is not None else []
     rows = []
     for setup in setups:
         for device in devices:
@@ -325,6 +375,8 @@ def section_throughput(setups: list[ModelSetup], settings: BenchSettings, device
                     skipped.append(f"{setup.name} {backend} on {device}: {why}")
                 else:
                     clfs[backend] = clf
+                    if why:
+                        notes.append(f"{setup.name} {backend}: {why}")
             for b in settings.batch_sizes:
                 x = setup.batch(b)
                 warmup, repeats = settings.repeats(b)
@@ -334,7 +386,8 @@ def section_throughput(setups: list[ModelSetup], settings: BenchSettings, device
                                 dict.fromkeys(clfs, b), rss, gpu)
                 for backend, s in stats.items():
                     rows.append({"model": setup.name, "backend": backend, "device": device,
-                                 "provider": clfs[backend].backend, "batch_size": b, **s})
+                                 "provider": clfs[backend].backend, "runs_on": runs_on(clfs[backend]),
+                                 "batch_size": b, **s})
             for c in clfs.values():
                 if hasattr(c, "model") and device == "cuda":
                     c.model.cpu()
@@ -548,6 +601,13 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 out.setdefault(f"onnx_vs_torch_b{b}", round(value / ips[("torch", b)], 2))
             if backend == "onnx-int8" and ("onnx", b) in ips:
                 out.setdefault(f"int8_vs_fp32_b{b}", round(value / ips[("onnx", b)], 2))
+        for b in sorted({b for _, b in ips}):
+            fast = [v for (backend, bb), v in ips.items() if bb == b and not backend.startswith("torch")]
+            if fast and ("torch", b) in ips:
+                out.setdefault(f"best_vs_torch_b{b}", round(max(fast) / ips[("torch", b)], 2))
+            int8 = [v for (backend, bb), v in ips.items() if bb == b and backend.endswith("-int8")]
+            if int8 and ("onnx", b) in ips:
+                out.setdefault(f"best_int8_vs_fp32_b{b}", round(max(int8) / ips[("onnx", b)], 2))
     cams = results.get("cams", [])
     plain = next((r["ms_per_image"] for r in cams if r["what"].startswith("classify only")), None)
     allc = next((r["ms_per_image"] for r in cams if r["implementation"] == "onnx" and "in-graph" in r["what"]), None)
@@ -573,62 +633,100 @@ def targets(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def print_report(results: dict[str, Any], console: Any = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
+def header_line(results: dict[str, Any]) -> str:
+    """Which machine measured this: CPU model, ISA flags, cores, GPU, load."""
     m = results["machine"]
-    console.print(f"[bold]xcam bench[/] {'(quick) ' if results['quick'] else ''}— {m['cpu']}, {m['cores_usable']} cores, "
-                  f"GPU: {m.get('gpu', 'none')}, load {m.get('load_average_start')} → {m.get('load_average_end')}")
+    isa = ", ".join(m.get("isa") or []) or "ISA unknown"
+    return (f"xcam bench {'(quick) ' if results['quick'] else ''}— {m.get('cpu_model', m['cpu'])} ({isa}), "
+            f"{m.get('cores', m['cores_usable'])} cores, GPU: {m.get('gpu', 'none')}, "
+            f"load {m.get('load_average_start')} → {m.get('load_average_end')}")
+
+
+def report_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The report as ``(title, header, rows)`` tables of strings, for every output format."""
+    tables = []
     if results.get("throughput"):
-        t = Table(title="Throughput (median of interleaved runs)")
-        for col in ("model", "backend", "device / provider", "batch", "p50 ms", "p95 ms", "images/s",
-                    "CPU ms/img", "peak RSS MB", "peak GPU MB"):
-            t.add_column(col, justify="right" if col not in ("model", "backend", "device / provider") else "left")
-        for r in results["throughput"]:
-            t.add_row(r["model"], r["backend"], r["provider"], str(r["batch_size"]), f"{r['p50_ms']:.1f}",
-                      f"{r['p95_ms']:.1f}", f"{r['images_per_s']:.1f}", f"{r['cpu_ms_per_image']:.1f}",
-                      f"{r['peak_rss_mb'] or 0:.0f}", "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}")
-        console.print(t)
+        header = ["model", "backend", "runs on", "device", "batch", "p50 ms", "p95 ms", "images/s", "CPU ms/img",
+                  "peak RSS MB", "peak GPU MB"]
+        rows = [[r["model"], r["backend"], r.get("runs_on", r["provider"]), r["device"], str(r["batch_size"]),
+                 f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['images_per_s']:.1f}", f"{r['cpu_ms_per_image']:.1f}",
+                 f"{r['peak_rss_mb'] or 0:.0f}", "-" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"]
+                for r in results["throughput"]]
+        tables.append(("Throughput (median of interleaved runs)", header, rows))
     if results.get("cams"):
-        t = Table(title="CAM cost per image (batch 1, cpu)")
-        for col in ("model", "implementation", "what", "ms/image", "p95 ms"):
-            t.add_column(col, justify="right" if "ms" in col else "left")
+        rows = []
         for r in results["cams"]:
             what = r["what"]
             if r.get("classes_measured", r["classes"]) != r["classes"]:
                 what += f" [{r['classes_measured']} timed, scaled]"
-            t.add_row(r["model"], r["implementation"], what, f"{r['ms_per_image']:.1f}", f"{r['p95_ms']:.1f}")
-        console.print(t)
+            rows.append([r["model"], r["implementation"], what, f"{r['ms_per_image']:.1f}", f"{r['p95_ms']:.1f}"])
+        tables.append(("CAM cost per image (batch 1, cpu)", ["model", "implementation", "what", "ms/image", "p95 ms"],
+                       rows))
     a = results.get("analyze")
     if a:
-        t = Table(title=f"End-to-end analyze ({a['model']}, top-3 findings, JSON only; the chain batched by "
-                        f"{a.get('batch_size', 1)})")
-        for col in ("approach", "backend", "images", "s/image", "images/s", "stages ms/image"):
-            t.add_column(col)
+        rows = []
         for key in ("pipeline_onnx", "pipeline_torch"):
             if key in a:
                 p = a[key]
                 stages = ", ".join(f"{k} {v:.0f}" for k, v in p["stage_ms_per_image"].items())
-                t.add_row(f"xcam analyze ({p.get('method', 'gradcam')})", p["backend"], str(p["images"]),
-                          f"{p['seconds_per_image']:.3f}",
-                          f"{p['images_per_s']:.2f}", stages)
+                rows.append([f"xcam analyze ({p.get('method', 'gradcam')})", p["backend"], str(p["images"]),
+                             f"{p['seconds_per_image']:.3f}", f"{p['images_per_s']:.2f}", stages])
         s = a["script"]
         scaled = "" if s["classes_measured_per_image"] == s["classes_per_image"] else \
             f", {s['classes_measured_per_image']} timed, scaled"
-        t.add_row(f"per-class script ({s['classes_per_image']} classes{scaled})", "torch:cpu", str(s["images"]),
-                  f"{s['seconds_per_image']:.2f}", f"{s['images_per_s']:.3f}", "")
-        console.print(t)
+        rows.append([f"per-class script ({s['classes_per_image']} classes{scaled})", "torch:cpu", str(s["images"]),
+                     f"{s['seconds_per_image']:.2f}", f"{s['images_per_s']:.3f}", ""])
+        tables.append((f"End-to-end analyze ({a['model']}, top-3 findings, JSON only; the chain batched by "
+                       f"{a.get('batch_size', 1)})",
+                       ["approach", "backend", "images", "s/image", "images/s", "stages ms/image"], rows))
     if results.get("targets"):
-        t = Table(title="Targets (ratios within this run)")
-        for col in ("ratio", "value", "target", "met", "meaning"):
-            t.add_column(col)
-        for name, r in results["targets"].items():
-            t.add_row(name, f"{r['value']}", r["target"], "[green]yes[/]" if r["met"] else "[red]no[/]", r["what"])
+        rows = [[name, f"{r['value']}", r["target"], "yes" if r["met"] else "no", r["what"]]
+                for name, r in results["targets"].items()]
+        tables.append(("Targets (ratios within this run)", ["ratio", "value", "target", "met", "meaning"], rows))
+    return tables
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    lines = [f"**{header_line(results)}**", ""]
+    for title, header, rows in report_tables(results):
+        lines += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        lines.append("")
+    lines += [f"- {note}" for note in results.get("notes", [])]
+    lines += [f"- skipped: {note}" for note in results.get("skipped", [])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def print_report(results: dict[str, Any], console: Any = None, fmt: str = "table") -> None:
+    """Print the report: ``table`` (rich; on a terminal it fits the window, anywhere else it is
+    as wide as its content, so names are never cut), ``markdown`` or ``json`` (the results)."""
+    if fmt == "json":
+        print(json.dumps(results, indent=2, default=str))
+        return
+    if fmt == "markdown":
+        print(_markdown(results), end="")
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a file or a pipe: rich would squeeze the tables to 80 columns
+            console = Console(width=1000, soft_wrap=True)
+    console.print(header_line(results), markup=False, highlight=False)
+    for title, header, rows in report_tables(results):
+        t = Table(title=title)
+        for i, col in enumerate(header):
+            numeric = any(k in col for k in ("ms", "images/s", "MB", "batch", "value"))
+            t.add_column(col, justify="right" if numeric else "left", no_wrap=i < 3)
+        for row in rows:
+            t.add_row(*(escape(cell) for cell in row))  # "[default]" is a preset, not markup
         console.print(t)
+    for note in results.get("notes", []):
+        console.print(f"note: {note}", markup=False, highlight=False)
     for note in results.get("skipped", []):
-        console.print(f"[dim]skipped: {note}[/]")
+        console.print(f"skipped: {note}", markup=False, highlight=False, style="dim")
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
@@ -682,6 +780,7 @@ def run(settings: BenchSettings, log: Callable[[str], None] | None = None) -> di
         torch.set_num_threads(settings.torch_threads)
     devices = settings.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     skipped: list[str] = []
+    notes: list[str] = []
     if "cuda" in devices and not torch.cuda.is_available():
         skipped.append("cuda: torch sees no CUDA device")
         devices = [d for d in devices if d != "cuda"]
@@ -692,7 +791,7 @@ def run(settings: BenchSettings, log: Callable[[str], None] | None = None) -> di
     results["images"] = {s.name: s.pool_source for s in setups}
     with PeakRSS() as rss:
         if "throughput" in settings.sections and devices:
-            results["throughput"] = section_throughput(setups, settings, devices, rss, log, skipped)
+            results["throughput"] = section_throughput(setups, settings, devices, rss, log, skipped, notes)
     if "cams" in settings.sections:
         results["cams"] = section_cams(setups, settings, log, skipped)
     if "analyze" in settings.sections:
@@ -700,6 +799,7 @@ def run(settings: BenchSettings, log: Callable[[str], None] | None = None) -> di
     results["ratios"] = ratios(results)
     results["targets"] = targets(results["ratios"])
     results["skipped"] = skipped
+    results["notes"] = notes
     results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(settings.output)
@@ -717,7 +817,7 @@ def _csv(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="densenet121")
-    ap.add_argument("--backends", default="torch,onnx,onnx-int8")
+    ap.add_argument("--backends", default="torch,onnx,onnx-int8")  # also openvino, openvino-int8, auto
     ap.add_argument("--devices", default=None)
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--images", default=None)
@@ -726,13 +826,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--real-weights", action="store_true")
     ap.add_argument("--torch-threads", type=int, default=None)
+    ap.add_argument("--format", choices=FORMATS, default="table")
     a = ap.parse_args(argv)
     settings = BenchSettings(models=_csv(a.models), backends=_csv(a.backends),
                              devices=_csv(a.devices) if a.devices else None,
                              batch_sizes=[int(b) for b in _csv(a.batch_sizes)], images=a.images, output=a.output,
                              quick=a.quick, real_weights=a.real_weights, sections=_csv(a.sections),
                              torch_threads=a.torch_threads)
-    print_report(run(settings))
+    print_report(run(settings), fmt=a.format)
     return 0
 
 

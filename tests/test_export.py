@@ -177,7 +177,20 @@ def _unsaturated_densenet(pm, images: np.ndarray) -> XCamModel:
     return model
 
 
-def test_int8_parity_on_real_images(pm, nih_images, tmp_path):
+@pytest.fixture(scope="module")
+def unsaturated(pm, nih_images, tmp_path_factory):
+    """The unsaturated DenseNet121 exported (legacy exporter: faster), its 32 calibration and
+    the other (held-out) real images."""
+    if len(nih_images) < 48:
+        pytest.skip(f"needs at least 48 real images (32 to calibrate, the rest held out); found {len(nih_images)}")
+    images = load_batch(nih_images, 224)
+    calibration, held = images[:32], images[32:]
+    model = _unsaturated_densenet(pm, calibration)
+    fp32 = export_model(model, tmp_path_factory.mktemp("unsat") / "densenet-unsaturated.onnx", exporter="legacy").path
+    return model, fp32, calibration, held
+
+
+def test_int8_parity_on_real_images(unsaturated):
     """Static INT8 (the default configuration) against FP32 on real X-rays it was not calibrated
     on: 32 calibration images (the CLI's default count), the other 27 held out; |Δp| over every
     (image, valid class) pair, 27 × 18.
@@ -193,17 +206,12 @@ def test_int8_parity_on_real_images(pm, nih_images, tmp_path):
     Normalized CAMs are not bounded: a class whose ReLU'd map is nearly empty normalizes noise, so
     their max |Δ| jumps between 0.2 and 1.0 from one head draw to the next.
     """
-    if len(nih_images) < 48:
-        pytest.skip(f"needs at least 48 real images (32 to calibrate, the rest held out); found {len(nih_images)}")
     from xcam.export.quantize import ensure_int8
 
-    images = load_batch(nih_images, 224)
-    calibration, held = images[:32], images[32:]
-    model = _unsaturated_densenet(pm, calibration)
+    model, fp32, calibration, held = unsaturated
     with torch.no_grad():
         probs = model.calibrate(model(torch.from_numpy(held))).numpy()[:, model.valid_indices]
     assert ((probs > 0.05) & (probs < 0.95)).mean() > 0.7  # not saturated: the measurement means something
-    fp32 = export_model(model, tmp_path / "densenet-unsaturated.onnx", exporter="legacy").path  # legacy: faster
     int8 = ensure_int8(fp32, calibration)
     report = int8_deviation(fp32, int8, held, f"{len(held)} held-out NIH images")
     assert report["images"] == len(held) >= 16
@@ -211,6 +219,37 @@ def test_int8_parity_on_real_images(pm, nih_images, tmp_path):
     assert report["max_abs_probabilities"] <= 0.2, report  # measured 0.086
     assert report["mean_abs_probabilities"] <= 0.015, report  # measured 0.010
     assert report["max_abs_logits"] <= 1.0, report  # measured 0.49: half the logits' s.d. at most
+
+
+def test_int8_selection_on_unsaturated_real_images(unsaturated, capsys):
+    """The measured choice on the unsaturated model: each runtime's INT8 accuracy is what its
+    file gives on the held-out images, nothing outside the 0.03 budget is kept, and ``auto``
+    runs what the record says for this CPU (one line on stderr). Timing is one short round at
+    batch 1 (the rule itself is tested with injected timings above)."""
+    from xcam.export.backends import auto_choice
+    from xcam.export.tuning import available_runtimes, tune_int8
+
+    model, fp32, calibration, held = unsaturated
+    selection, entry = tune_int8(fp32, calibration, held, presets=["default"], batch_sizes=(1,), rounds=1,
+                                 held_source="held-out NIH")
+    rows = {(r["runtime"], r["preset"]): r for r in entry["candidates"]}
+    assert set(rows) == {(rt, p) for rt in available_runtimes() for p in ("fp32", "default")}
+    ort = rows[("onnxruntime", "default")]
+    expected = int8_deviation(fp32, fp32.parent / ort["file"], held)
+    assert ort["accuracy"]["p95_abs_probabilities"] == pytest.approx(expected["p95_abs_probabilities"], abs=1e-6)
+    assert 0.0 < ort["accuracy"]["mean_abs_probabilities"] < 0.05  # INT8 moves unsaturated outputs, a little
+    for row in entry["candidates"]:
+        if row["eligible"]:
+            assert row["accuracy"]["p95_abs_probabilities"] <= 0.03
+            assert all(v > 1.0 for v in row["speedup"].values())
+        elif row["accuracy"] and row["accuracy"].get("p95_abs_probabilities", 0) > 0.03:
+            assert row["verdict"].startswith("outside budget") and not row["speedup"]  # not even timed
+    if ("openvino", "fp32") in rows:  # same file, other runtime: FP32 agrees closely
+        assert rows[("openvino", "fp32")]["accuracy"]["max_abs_probabilities"] < 1e-3
+    runtime, path, reason = auto_choice(fp32, "cpu")
+    assert (runtime, path.name) == (selection.chosen.runtime, selection.chosen.file if selection.chosen.int8
+                                    else fp32.name)
+    assert reason.startswith(selection.reason) and "on this CPU" in reason
 
 
 def test_in_graph_op_norm_nan_thresholds_and_cams(tmp_path):
@@ -305,21 +344,148 @@ def test_cli_export_random_weights_with_int8(tiny_pm, tmp_path, nih_images):
     out = tmp_path / "tiny.onnx"
     result = _invoke(tiny_pm, ["export", "--model", "tinygap", "--random-weights", "--output", str(out),
                                "--quantize", "int8", "--calibration", str(nih_images[0].parent),
-                               "--calibration-count", "4", "--json"])
+                               "--calibration-count", "4", "--quant-preset", "default,qdq-s8s8-all",
+                               "--runtimes", "onnxruntime", "--tune-batch-sizes", "2", "--tune-rounds", "1",
+                               "--time-all", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert out.is_file() and Path(report["int8_path"]).is_file()
+    assert out.is_file()
     assert report["parity"]["max_abs_probabilities"] < 1e-4
     assert report["parity"]["max_abs_cams"] < 1e-4
     assert "nih" in report["parity"]["source"] or "images from" in report["parity"]["source"]
-    # TinyGap's one conv is the first conv, which INT8 leaves in float, so here the deviation is
-    # only checked to be what the file really gives on the held-out images the command names
-    # (16 after the 4 calibration images); the INT8 accuracy is test_int8_parity_on_real_images.
+    entry = report["int8_selection"]
+    from xcam.core.cpu import cpu_info
+    from xcam.export.quantize import Budget, candidates_from_rows, choose
+
+    assert entry["cpu"]["model"] == cpu_info().model and entry["cpu"]["isa"] == cpu_info().isa
+    assert entry["budget"]["p95"] == 0.03
+    rows = {(r["runtime"], r["preset"]): r for r in entry["candidates"]}
+    assert set(rows) == {("onnxruntime", p) for p in ("fp32", "default", "qdq-s8s8-all")}
+    # the accuracy recorded for each INT8 file is what the file really gives on the held-out
+    # images the command names (the 16 after the 4 calibration images)
     held, source = sample_batch(16, 32, "xrv", nih_images[0].parent, offset=4)
-    assert report["int8_vs_fp32"]["source"] == source
-    expected = int8_deviation(out, report["int8_path"], held)
-    assert report["int8_vs_fp32"]["max_abs_probabilities"] == pytest.approx(expected["max_abs_probabilities"], abs=1e-6)
-    assert json.loads(read_metadata(report["int8_path"])["quantization"])["type"] == "int8-static"
+    assert entry["held_out"] == source
+    for preset in ("default", "qdq-s8s8-all"):
+        row = rows[("onnxruntime", preset)]
+        int8 = next(p for p in _temp_exports(row["file"]) if p.is_file())
+        expected = int8_deviation(out, int8, held)
+        assert row["accuracy"]["p95_abs_probabilities"] == pytest.approx(expected["p95_abs_probabilities"], abs=1e-6)
+        measurement = json.loads(read_metadata(int8)["int8_measurement"])
+        assert measurement["cpu"]["model"] == cpu_info().model and "isa" in measurement["cpu"]
+        assert measurement["runtimes"]["onnxruntime"]["accuracy"]["p95_abs_probabilities"] == \
+            row["accuracy"]["p95_abs_probabilities"]
+        assert set(measurement["runtimes"]["onnxruntime"]["speedup_vs_onnx_fp32"]) == {"2"}
+    # what was kept follows the selection rule applied to the recorded numbers
+    again = choose(candidates_from_rows(entry["candidates"]), Budget(0.03))
+    kept = again.int8
+    assert (report.get("int8_path") is not None) == (kept is not None)
+    if kept is not None:
+        assert rows[(kept.runtime, kept.preset)]["eligible"]
+        assert json.loads(read_metadata(report["int8_path"])["quantization"])["type"] == "int8-static"
+    assert entry["reason"] == again.reason
+
+
+def _temp_exports(name: str) -> list[Path]:
+    """Random-weight exports live in the per-process temporary folder of onnx_export."""
+    from xcam.export import onnx_export
+
+    return [Path(t.name) / name for t in onnx_export._TEMP]
+
+
+def test_cli_export_human_report_names_the_choice(tiny_pm, nih_images, tmp_path):
+    result = _invoke(tiny_pm, ["export", "--model", "tinygap", "--random-weights", "--output", str(tmp_path / "t.onnx"),
+                               "--quantize", "int8",
+                               "--calibration", str(nih_images[0].parent), "--calibration-count", "4",
+                               "--quant-preset", "default", "--runtimes", "onnxruntime", "--tune-batch-sizes", "1",
+                               "--tune-rounds", "1", "--budget-p95", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "int8 chosen by measurement on" in result.output
+    assert "--backend auto on this CPU:" in result.output
+    assert "int8 kept:" in result.output or "int8: none kept" in result.output
+
+
+def test_cli_export_bad_tuning_options_are_one_line(tiny_pm):
+    from xcam.core.errors import UsageError
+
+    for args in (["--quant-preset", "nope"], ["--runtimes", "tensorflow"], ["--tune-batch-sizes", "0"]):
+        with pytest.raises(UsageError) as info:
+            _invoke(tiny_pm, ["export", "--model", "tinygap", "--random-weights", "--quantize", "int8",
+                              "--calibration", ".", *args])
+        assert "\n" not in str(info.value) and args[0] in str(info.value)
+
+
+# -- INT8 chosen by measurement: the rule, with injected timings and accuracies --------------
+def _cand(runtime, preset, ips, p95=0.0, mx=None, error=""):
+    from xcam.export.quantize import Candidate
+
+    acc = {} if error else {"p95_abs_probabilities": p95, "max_abs_probabilities": p95 * 2 if mx is None else mx,
+                            "mean_abs_probabilities": p95 / 3}
+    return Candidate(runtime, preset, f"{preset}-{runtime}.onnx", dict(ips), acc, error)
+
+
+FP32_IPS = {1: 20.0, 16: 25.0}
+
+
+def test_a_slower_int8_is_never_chosen():
+    from xcam.export.quantize import choose
+
+    fast_at_b1_only = _cand("onnxruntime", "default", {1: 60.0, 16: 24.0}, p95=0.001)  # 3× at b1, 0.96× at b16
+    equal = _cand("onnxruntime", "qoperator", {1: 20.0, 16: 25.0}, p95=0.0)
+    sel = choose([_cand("onnxruntime", "fp32", FP32_IPS), fast_at_b1_only, equal])
+    assert sel.chosen.preset == "fp32" and sel.int8 is None
+    verdicts = {r["preset"]: r["verdict"] for r in sel.rows}
+    assert verdicts["default"].startswith("not faster") and "batch 16" in verdicts["default"]
+    assert verdicts["qoperator"].startswith("not faster")
+    assert sel.reason.startswith("onnx FP32")
+
+
+def test_an_inaccurate_int8_is_never_chosen_however_fast():
+    from xcam.export.quantize import Budget, choose
+
+    wild = _cand("openvino", "default", {1: 200.0, 16: 250.0}, p95=0.55)  # 10× faster, p95 0.55
+    edge = _cand("onnxruntime", "qdq-s8s8-all", {1: 40.0, 16: 50.0}, p95=0.0301)
+    ok = _cand("onnxruntime", "default", {1: 30.0, 16: 30.0}, p95=0.02)
+    sel = choose([_cand("onnxruntime", "fp32", FP32_IPS), wild, edge, ok])
+    assert (sel.chosen.runtime, sel.chosen.preset) == ("onnxruntime", "default") and sel.int8 is sel.chosen
+    assert "0.020" in sel.reason and "1.50× at batch 1" in sel.reason and "1.20× at batch 16" in sel.reason
+    # a max bound rejects one whose p95 is fine
+    sel = choose([_cand("onnxruntime", "fp32", FP32_IPS), _cand("onnxruntime", "default", {1: 30, 16: 30}, 0.02, 0.4)],
+                 Budget(p95=0.03, max=0.2))
+    assert sel.int8 is None and "max |Δp| 0.400 > 0.2" in sel.rows[1]["verdict"]
+    # failed or unmeasured candidates are reported, never chosen
+    sel = choose([_cand("onnxruntime", "fp32", FP32_IPS), _cand("onnxruntime", "qoperator", {}, error="boom")])
+    assert sel.int8 is None and sel.rows[1]["verdict"] == "failed: boom"
+
+
+def test_the_fastest_eligible_candidate_wins_and_fp32_openvino_counts():
+    from xcam.export.quantize import choose
+
+    cands = [_cand("onnxruntime", "fp32", FP32_IPS),
+             _cand("onnxruntime", "default", {1: 36.0, 16: 40.0}, p95=0.02),  # 1.8× / 1.6×
+             _cand("openvino", "fp32", {1: 44.0, 16: 55.0}, p95=1e-5),  # 2.2× / 2.2×, no INT8 at all
+             _cand("openvino", "default", {1: 24.0, 16: 30.0}, p95=0.01)]  # 1.2× / 1.2×
+    sel = choose(cands)
+    assert (sel.chosen.runtime, sel.chosen.preset) == ("openvino", "fp32")
+    assert (sel.int8.runtime, sel.int8.preset) == ("onnxruntime", "default")  # the INT8 kept for onnx-int8
+    assert sel.chosen.backend == "openvino" and sel.int8.backend == "onnx-int8"
+
+
+def test_recorded_selection_is_rederived_per_cpu(tmp_path):
+    from xcam.export.quantize import Budget, choose, chosen_for, read_selections, selection_path, write_selection
+
+    fp32 = tmp_path / "m.onnx"
+    slow = _cand("onnxruntime", "default", {1: 10.0, 16: 10.0}, p95=0.0)
+    sel = choose([_cand("onnxruntime", "fp32", FP32_IPS), slow], Budget())
+    entry = {"cpu": {"key": "CPU-A|AVX2|2c"}, "budget": {"p95": 0.03, "max": None, "mean": None},
+             "candidates": sel.rows, "chosen": {"preset": "default", "runtime": "onnxruntime"}}  # an edited record
+    write_selection(fp32, entry)
+    write_selection(fp32, {**entry, "cpu": {"key": "CPU-B|AVX-512+VNNI|2c"}})
+    assert set(read_selections(fp32)) == {"CPU-A|AVX2|2c", "CPU-B|AVX-512+VNNI|2c"}
+    again, _ = chosen_for(fp32, "CPU-A|AVX2|2c")
+    assert again.chosen.preset == "fp32"  # the measurements decide, not the recorded "chosen" field
+    assert chosen_for(fp32, "CPU-C|AVX2|2c") is None
+    selection_path(fp32).write_text("{not json")
+    assert read_selections(fp32) == {}
 
 
 def test_cli_export_reports_reuse_from_cache(pm, densenet_export):

@@ -176,3 +176,76 @@ def test_missing_file_is_one_line_error(tmp_path):
 def test_generated_images_work_without_real_data(onnx_clf):
     out = onnx_clf.predict(synthetic_batch(2, 224))
     assert out.shape == (2, 18)
+
+
+def _record(fp32, int8, int8_ips: float, p95: float, cpu_key: str | None = None) -> None:
+    """A measurement record for this CPU (or ``cpu_key``) with injected timings and accuracy."""
+    from xcam.core.cpu import cpu_info
+    from xcam.export.quantize import Candidate, choose, write_selection
+
+    acc = {"p95_abs_probabilities": p95, "max_abs_probabilities": 2 * p95, "mean_abs_probabilities": p95 / 3}
+    sel = choose([Candidate("onnxruntime", "fp32", fp32.name, {1: 10.0, 16: 10.0}, {"p95_abs_probabilities": 0.0}),
+                  Candidate("onnxruntime", "default", int8.name, {1: int8_ips, 16: int8_ips}, acc)])
+    cpu = {**cpu_info().to_dict(), **({"key": cpu_key} if cpu_key else {})}
+    write_selection(fp32, {"cpu": cpu, "measured": "2026-01-01T00:00:00", "candidates": sel.rows,
+                           "budget": {"p95": 0.03, "max": None, "mean": None}})
+
+
+def test_auto_runs_int8_only_where_it_measured_faster_and_within_budget(pm, store, onnx_clf, nih_images, capsys):
+    from xcam.export.quantize import ensure_int8, selection_path
+
+    fp32 = onnx_clf.path
+    int8 = ensure_int8(fp32, load_batch(nih_images[:8], 224))
+    selection_path(fp32).unlink(missing_ok=True)
+    try:
+        capsys.readouterr()
+        cases = [  # (record, backend auto must run, words of its one line)
+            (None, "onnx:", "no INT8/OpenVINO measurement for this CPU"),
+            ((20.0, 0.01, "Another-CPU|AVX-512+VNNI|2c"), "onnx:", "measured only on Another-CPU"),
+            ((8.0, 0.0, None), "onnx:", "not faster than onnx FP32: 0.80×"),  # slower: never run
+            ((30.0, 0.2, None), "onnx:", "p95 |Δp| 0.200 > 0.03"),  # 3× faster but outside the budget
+            ((20.0, 0.01, None), "onnx-int8:", "2.00× at batch 16"),  # faster and within: run
+        ]
+        for record, backend, words in cases:
+            selection_path(fp32).unlink(missing_ok=True)
+            if record:
+                _record(fp32, int8, *record)
+            clf = load_classifier(pm, "densenet121", backend="auto", store=store)
+            err = capsys.readouterr().err.strip()
+            assert clf.backend.startswith(backend), (record, clf.backend)
+            assert err.count("\n") == 0 and err.startswith("xcam: --backend auto → ") and words in err, err
+            if backend == "onnx-int8:":
+                assert clf.path == int8 and "on this CPU" in err
+            else:
+                assert clf.path == fp32
+    finally:
+        selection_path(fp32).unlink(missing_ok=True)
+
+
+def test_explicit_int8_uses_the_kept_file_and_notes_a_rejected_one(pm, store, onnx_clf, nih_images, capsys):
+    from xcam.export.quantize import ensure_int8, selection_path
+
+    fp32 = onnx_clf.path
+    int8 = ensure_int8(fp32, load_batch(nih_images[:8], 224))
+    try:
+        _record(fp32, int8, 8.0, 0.0)
+        capsys.readouterr()
+        clf = load_classifier(pm, "densenet121", backend="onnx-int8", store=store)
+        err = capsys.readouterr().err.strip()
+        assert clf.backend.startswith("onnx-int8:") and err.count("\n") == 0 and "was not kept on this CPU" in err
+    finally:
+        selection_path(fp32).unlink(missing_ok=True)
+
+
+def test_cpu_info_reads_flags_and_keys_by_isa():
+    from xcam.core.cpu import CpuInfo, cpu_info, parse_proc_cpuinfo
+
+    text = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f avx512_vnni amx_tile\n"
+            "processor\t: 1\nmodel name\t: other\n")
+    model, flags = parse_proc_cpuinfo(text)
+    assert model == "AMD EPYC" and flags == {"avx2", "avx512f", "avx512_vnni", "amx_tile"}
+    zen5, zen2 = CpuInfo(model, 2, 2, flags, "test"), CpuInfo(model, 2, 2, frozenset({"avx2"}), "test")
+    assert zen5.isa == ["AVX2", "AVX-512", "VNNI", "AMX"] and zen2.isa == ["AVX2"]
+    assert zen5.key() != zen2.key()  # same model name, different machines
+    here = cpu_info()
+    assert here.model and here.cores >= 1 and here.to_dict()["key"] == here.key()

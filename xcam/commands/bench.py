@@ -34,7 +34,9 @@ def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-BACKENDS = ("torch", "torch-amp", "torch-bf16", "torch-compile", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-amp", "torch-bf16", "torch-compile", "onnx", "onnx-int8", "openvino", "openvino-int8",
+            "auto")
+FORMATS = ("table", "markdown", "json")
 SECTIONS = ("throughput", "cams", "analyze")
 
 
@@ -53,9 +55,13 @@ SECTIONS = ("throughput", "cams", "analyze")
 @click.option("--real-weights", is_flag=True, help="Use the real weight files instead of seeded random weights.")
 @click.option("--torch-threads", type=click.IntRange(1, 1024), default=None,
               help="torch.set_num_threads for the PyTorch rows (default: PyTorch's own choice).")
-def bench(models, backends, devices, batch_sizes, images, output, sections, quick, real_weights, torch_threads) -> None:
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="Report on stdout: table (full names when not a terminal), markdown or json.")
+def bench(models, backends, devices, batch_sizes, images, output, sections, quick, real_weights, torch_threads,
+          fmt) -> None:
     """Benchmark latency and throughput per model × backend × device × batch size, the cost of
-    CAMs (one class, all classes), and end-to-end analyze time; prints a table, writes JSON + PNG."""
+    CAMs (one class, all classes), and end-to-end analyze time; prints a report (with the CPU
+    model, ISA flags and cores), writes JSON + PNG. The auto backend shows what it chose."""
     from xcam.core.errors import UsageError
 
     backend_list = _csv(backends) or []
@@ -81,5 +87,5 @@ def bench(models, backends, devices, batch_sizes, images, output, sections, quic
         torch_threads=torch_threads,
     )
     results = module.run(settings, log=lambda msg: click.echo(msg, err=True))
-    module.print_report(results)
-    click.echo(f"wrote {output} and {results['chart']}")
+    module.print_report(results, fmt=fmt)
+    click.echo(f"wrote {output} and {results['chart']}", err=fmt == "json")

@@ -22,6 +22,7 @@ class AllClassCamGraph:
         from torch import nn
 
         head = model.gap_linear_head() if with_cams else None
+        maps = model.class_map_head() if with_cams and head is None else None  # PYLON: the class-map CAMs
 
         class _Graph(nn.Module):
             def __init__(self) -> None:
@@ -31,6 +32,9 @@ class AllClassCamGraph:
                     self.features, self.linear = head
 
             def forward(self, x):  # type: ignore[no-untyped-def]
+                if maps is not None:
+                    logits, cams = maps[1](x)
+                    return logits, self.model.calibrate(logits), cams
                 if head is None:
                     logits = self.model(x)
                     return logits, self.model.calibrate(logits)

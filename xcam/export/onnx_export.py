@@ -3,7 +3,8 @@
 The graph takes ``input [batch, 1, S, S]`` (already preprocessed; resizing stays outside) and
 returns ``logits``, ``probabilities`` (sigmoid, then xrv's op_norm when the weights carry
 thresholds; NaN thresholds give 0.5) and, for GAP → linear heads, ``cams [batch, C, h, w]``: the
-exact Grad-CAM of every class (see :mod:`xcam.core.cam_math`), ReLU'd but **not normalized**
+exact Grad-CAM of every class (see :mod:`xcam.core.cam_math`; for class-map heads such as PYLON,
+the ReLU'd class maps, which are Grad-CAM at the class-map layer), ReLU'd but **not normalized**
 (normalization is done in numpy by the runtime, so the graph stays a plain einsum).
 
 Exports are cached under ``$XCAM_HOME/onnx`` (``~/.xcam/onnx``) by model, variant, weights
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from xcam.core.types import ClassifierRegistration, WeightVariant
     from xcam.core.weights import WeightsStore
 
-EXPORT_FORMAT = "1"  # bump when the graph's outputs or metadata change: invalidates the cache
+EXPORT_FORMAT = "2"  # 2: the model card (xcam.card). Bump when the graph's outputs or metadata change: invalidates the cache
 DEFAULT_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("logits", "probabilities", "cams")
@@ -84,10 +85,13 @@ def cache_stem(model_name: str, variant: WeightVariant, weights_sha256: str, ops
 
 def build_metadata(model: XCamModel, *, with_cams: bool, opset: int, exporter: str) -> dict[str, str]:
     """What travels with the ONNX file (``metadata_props``, keys prefixed ``xcam.``)."""
+    from xcam.core.cards import card_for_model
+
     threshs = None
     if model.op_threshs is not None:
         threshs = [None if math.isnan(v) else float(v) for v in model.op_threshs.tolist()]
     head = model.gap_linear_head() if with_cams else None
+    maps = model.class_map_head() if with_cams and head is None else None  # PYLON: cams from its class maps
     meta: dict[str, Any] = {
         "model": model.name,
         "variant": model.variant,
@@ -103,11 +107,14 @@ def build_metadata(model: XCamModel, *, with_cams: bool, opset: int, exporter: s
         "export_format": EXPORT_FORMAT,
         "opset": str(opset),
         "exporter": exporter,
-        "outputs": json.dumps(list(OUTPUT_NAMES if head is not None else OUTPUT_NAMES[:2])),
-        "cam_target_layer": model.target_layer_path if head is not None else "",
+        "outputs": json.dumps(list(OUTPUT_NAMES if head is not None or maps is not None else OUTPUT_NAMES[:2])),
+        "cam_target_layer": maps[0] if maps is not None else model.target_layer_path if head is not None else "",
         "localization_layers": json.dumps(list(model.localization_layers)),
-        "cam_method": "gradcam (exact all-class, W/(h*w) einsum); ReLU'd, not normalized" if head is not None else "",
+        "cam_method": "gradcam (exact all-class, W/(h*w) einsum); ReLU'd, not normalized" if head is not None else
+                      "class maps: ReLU(map) = gradcam at the class-map layer (map - min where all < 0), "
+                      "not normalized" if maps is not None else "",
         "quantization": "none",
+        "card": json.dumps(card_for_model(model)),  # xcam.core.cards: the same card as `xcam models --card`
     }
     return {META_PREFIX + k: str(v) for k, v in meta.items()}
 
@@ -165,7 +172,7 @@ def export_model(model: XCamModel, path: str | Path, *, opset: int = DEFAULT_OPS
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    has_cams = with_cams and model.gap_linear_head() is not None
+    has_cams = with_cams and (model.gap_linear_head() is not None or model.class_map_head() is not None)
     graph = AllClassCamGraph.build(model.cpu().eval(), with_cams=has_cams)
     example = torch.zeros(2, 1, model.input_size, model.input_size)
     order = {"auto": ["dynamo", "legacy"], "dynamo": ["dynamo"], "legacy": ["legacy"]}.get(exporter)

@@ -32,6 +32,9 @@ def torch_reference(model: XCamModel, batch: np.ndarray) -> dict[str, np.ndarray
         out = {"logits": logits.numpy(), "probabilities": model.calibrate(logits).numpy()}
     if model.gap_linear_head() is not None:
         out["cams"] = fast_gradcam_torch(model, x, normalize=False).numpy()
+    elif model.class_map_head() is not None:  # PYLON: the CAMs of its class maps
+        with torch.inference_mode():
+            out["cams"] = model.class_map_head()[1](x)[1].numpy()
     return out
 
 
@@ -63,15 +66,22 @@ def onnx_parity(model: XCamModel, x: Any, exporter: str = "auto") -> float:
 
 def int8_deviation(fp32_path: str | Path, int8_path: str | Path, batch: np.ndarray, source: str = "",
                    ) -> dict[str, Any]:
-    """INT8 against FP32 on ``batch`` (use images not used for calibration): |Δ probability| max,
-    95th percentile and mean over every (image, valid class), |Δ logit| max, and max |Δ| of the
-    normalized CAMs when both files have them."""
+    """INT8 against FP32 on ``batch`` (use images not used for calibration), both on ONNX
+    Runtime's CPU provider: see :func:`output_deviation`."""
     fp32, int8 = OnnxClassifier.from_path(fp32_path, "cpu"), OnnxClassifier.from_path(int8_path, "cpu")
-    a, b = fp32.run(batch), int8.run(batch)
-    valid = fp32.valid_indices or list(range(a["probabilities"].shape[1]))
+    return output_deviation(fp32.run(batch), int8.run(batch), fp32.valid_indices, source)
+
+
+def output_deviation(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], valid: list[int] | None = None,
+                     source: str = "") -> dict[str, Any]:
+    """Outputs ``got`` against reference outputs ``ref`` of the same images: |Δ probability| max,
+    95th percentile and mean over every (image, valid class), |Δ logit| max, and max |Δ| of the
+    normalized CAMs when both have them."""
+    a, b = ref, got
+    valid = list(valid or range(a["probabilities"].shape[1]))
     d = np.abs(a["probabilities"][:, valid] - b["probabilities"][:, valid])
     out: dict[str, Any] = {
-        "source": source, "images": len(batch),
+        "source": source, "images": len(a["probabilities"]),
         "max_abs_probabilities": float(d.max()), "p95_abs_probabilities": float(np.percentile(d, 95)),
         "mean_abs_probabilities": float(d.mean()),
         "max_abs_logits": float(np.abs(a["logits"][:, valid] - b["logits"][:, valid]).max()),

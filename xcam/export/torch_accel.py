@@ -79,8 +79,8 @@ class AcceleratedTorchClassifier(TorchClassifier):
 
         from xcam.core.cam_math import normalize_cams, raw_cams
 
-        if self._head is None:
-            return self.predict(batch), None
+        if self._head is None:  # class-map heads (no autocast there) or no in-graph CAMs
+            return super().predict_with_cams(batch)
         features, linear = self._head
         with torch.inference_mode():
             x = self._input(batch)
