@@ -10,6 +10,10 @@ from xcam.core.config import load_config
 from xcam.core.manager import XcamPluginManager, get_plugin_manager
 
 
+MODEL_BACKENDS = ("torch", "onnx", "openvino", "auto")
+"""The ``--backend`` choices of the model commands (see :data:`xcam.export.backends.BACKENDS`)."""
+
+
 def plugin_manager(ctx: click.Context | None = None) -> XcamPluginManager:
     """The plugin manager for this invocation (honours the global ``--config``)."""
     ctx = ctx or click.get_current_context()

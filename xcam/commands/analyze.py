@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from xcam.commands._common import (
+    MODEL_BACKENDS,
     accept_changed_weights_option,
     cam_options,
     device_option,
@@ -87,7 +88,7 @@ def summary_line(path: str, analysis: "ImageResult") -> str:
                    "(images, categories, --ground-truth-csv boxes); with ground truth, print COCO AP.")
 @click.option("--no-render", is_flag=True, help="Write no PNG images (CAM .npy and JSON only).")
 @click.option("--json-only", is_flag=True, help="Write only the JSON files (no images, no .npy).")
-@click.option("--backend", type=click.Choice(["torch", "onnx", "auto", "openvino"]), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(MODEL_BACKENDS), default="torch", show_default=True,
               help="Backend for classification (CAMs in-graph when it serves the method, else on PyTorch).")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Decoding threads.")

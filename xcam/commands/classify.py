@@ -8,6 +8,7 @@ import sys
 import click
 
 from xcam.commands._common import (
+    MODEL_BACKENDS,
     accept_changed_weights_option,
     device_option,
     plugin_manager,
@@ -38,7 +39,7 @@ def format_report(path: str, model: str, variant: str, predictions: dict[str, fl
 @click.option("--model", default=None, help="Classifier plugin (default from plugins.toml: densenet121).")
 @click.option("--weights", default=None, help="Weight variant (e.g. densenet121-res224-nih, or nih) or a checkpoint path.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(MODEL_BACKENDS), default="torch", show_default=True)
 @device_option
 @weights_dir_option
 @accept_changed_weights_option

@@ -88,7 +88,7 @@ def demo(out: str, fast: bool, retrain: bool, budget: str | None, profile: str |
 
     from xcam.commands._common import parse_duration, plugin_manager
     from xcam.core.weights import xcam_home
-    from xcam.evaluation.report import baseline_table
+    from xcam.evaluation.report import baseline_table, bootstrap_note
     from xcam.evaluation.run import EvalConfig, evaluate
     from xcam.train.loop import TrainConfig, train
 
@@ -131,6 +131,7 @@ def demo(out: str, fast: bool, retrain: bool, budget: str | None, profile: str |
         f"Held-out macro AUC {mean.get('auc') or float('nan'):.3f}; class-mean pointing-game hit rate "
         f"{mean['pointing']:.3f}; T(IoBB>0.25) {mean['iobb']['0.25']:.3f}.", "",
         baseline_table(evaluation.summary), "",
+        *([bootstrap_note(evaluation.summary["bootstrap"]), ""] if evaluation.summary.get("bootstrap") else []),
         "Files: `cases/*.png` (CAM overlay, ground truth green, xcam box magenta), `evaluation/results.md` (full table), "
         "`evaluation/montage.png` (best and worst), `performance.png` (training curves).",
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from xcam.commands._common import (
+    MODEL_BACKENDS,
     accept_changed_weights_option,
     cam_options,
     device_option,
@@ -32,7 +33,7 @@ from xcam.commands._common import (
 @cam_options
 @click.option("--cam-layer", "cam_layer_old", default=None, hidden=True)
 @click.option("--ensembler", default=None, help="Combines models (and fused layers); default: the profile's.")
-@click.option("--backend", type=click.Choice(["torch", "onnx", "auto", "openvino"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(MODEL_BACKENDS), default="torch", show_default=True)
 @click.option("--output", default="eval", show_default=True, type=click.Path(file_okay=False))
 @click.option("--coco", "coco_file", default=None, type=click.Path(dir_okay=False), metavar="FILE.json",
               help="Write the predicted boxes as COCO results (score: class probability) and print COCO AP.")

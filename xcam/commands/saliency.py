@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from xcam.commands._common import (
+    MODEL_BACKENDS,
     accept_changed_weights_option,
     device_option,
     plugin_failure_options,
@@ -53,7 +54,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the randomization and ROAD's noise.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use the first N images only.")
 @click.option("--output", default="saliency", show_default=True, type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(["torch", "onnx", "auto"]), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(MODEL_BACKENDS), default="torch", show_default=True,
               help="Classifier backend (in-graph CAMs and ROAD's forward passes; randomization runs on PyTorch).")
 @click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option("--random-weights", is_flag=True, hidden=True, help="Random-init models (tests).")

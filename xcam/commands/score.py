@@ -12,6 +12,7 @@ import sys
 import click
 
 from xcam.commands._common import (
+    MODEL_BACKENDS,
     accept_changed_weights_option,
     device_option,
     plugin_failure_options,
@@ -27,7 +28,7 @@ from xcam.commands._common import (
               help="Results; the format follows the suffix (.parquet is a directory of parts).")
 @click.option("--models", default=None, metavar="M[:WEIGHTS],...",
               help="Classifiers, comma-separated (default from plugins.toml). Several → ensemble columns too.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(MODEL_BACKENDS), default="auto", show_default=True,
               help="auto: ONNX Runtime when available, else PyTorch.")
 @device_option
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
