@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import time
-import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -512,44 +511,56 @@ def test_gradcam_boxes_on_a_real_non_square_image(tmp_path: Path, small_config: 
 
 
 # -- memory stays flat ---------------------------------------------------------------------------
+MEMORY_PROBE = """
+import json, sys, tracemalloc
+from xcam.core.config import load_config
+from xcam.core.manager import get_plugin_manager
+from xcam.score.inputs import PathSet
+from xcam.score.job import PendingPaths
+from xcam.score.local import run_local
+from xcam.score.scorer import ScoreOptions, Scorer, parse_models
+
+pm = get_plugin_manager(load_config(sys.argv[1]))
+scorer = Scorer(ScoreOptions(parse_models("mobilenetv3", ""), random_weights=True), pm=pm)
+
+
+def run(n):
+    state = {"pulled": 0, "written": 0, "lead": 0}
+
+    def paths():
+        for i in range(n):
+            state["pulled"] += 1
+            yield f"/nonexistent/{i:08d}.png"  # error rows: exercises the whole pipeline, no model time
+
+    def write(rows):
+        state["written"] += len(rows)
+        state["lead"] = max(state["lead"], state["pulled"] - state["written"])
+
+    tracemalloc.start()
+    stats = run_local(PendingPaths(paths(), PathSet()), scorer, write, batch_size=16, workers=2)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"n": n, "written": state["written"], "failed": stats.failed, "lead": state["lead"],
+            "inflight": stats.peak_inflight, "peak": peak}
+
+
+print(json.dumps([run(1_000), run(20_000)]))
+"""
+
+
 def test_inputs_stream_through_a_bounded_queue(small_config: Path) -> None:
-    from xcam.core.config import load_config
-    from xcam.core.manager import get_plugin_manager
-    from xcam.score.inputs import PathSet
-    from xcam.score.job import PendingPaths
-    from xcam.score.local import run_local
-    from xcam.score.scorer import ScoreOptions, Scorer, parse_models
-
-    pm = get_plugin_manager(load_config(small_config))
-    scorer = Scorer(ScoreOptions(parse_models("mobilenetv3", ""), random_weights=True), pm=pm)
-
-    def run(n: int) -> tuple[int, int, int]:
-        pulled = written = lead = 0
-
-        def paths():
-            nonlocal pulled
-            for i in range(n):
-                pulled += 1
-                yield f"/nonexistent/{i:08d}.png"  # error rows: exercises the whole pipeline, no model time
-
-        def write(rows):
-            nonlocal written, lead
-            written += len(rows)
-            lead = max(lead, pulled - written)
-
-        tracemalloc.start()
-        stats = run_local(PendingPaths(paths(), PathSet()), scorer, write, batch_size=16, workers=2)
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        assert written == n and stats.failed == n
-        assert stats.peak_inflight <= 2 * 16 + 2 * 2
-        return lead, peak, stats.peak_inflight
-
-    lead_small, peak_small, _ = run(1_000)
-    lead_large, peak_large, _ = run(20_000)
-    assert lead_small <= 2 * 16 + 2 * 2 and lead_large <= 2 * 16 + 2 * 2  # never read far ahead
-    per_input = (peak_large - peak_small) / 19_000
-    print(f"peak traced memory: {peak_small} B for 1000 inputs, {peak_large} B for 20000 ({per_input:.1f} B/input)")
+    # Measured in a fresh interpreter: tracemalloc counts every thread's allocations, and threads
+    # left behind by earlier tests in this process made the peak depend on test order.
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(small_config)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    small, large = json.loads(out.stdout.strip().splitlines()[-1])
+    for r in (small, large):
+        assert r["written"] == r["n"] and r["failed"] == r["n"]
+        assert r["inflight"] <= 2 * 16 + 2 * 2
+        assert r["lead"] <= 2 * 16 + 2 * 2  # never read far ahead
+    per_input = (large["peak"] - small["peak"]) / 19_000
+    print(f"peak traced memory: {small['peak']} B for 1000 inputs, {large['peak']} B for 20000 ({per_input:.1f} B/input)")
     assert per_input < 40, f"memory grows {per_input:.0f} bytes per input"  # the done-set's fingerprints only
 
 
