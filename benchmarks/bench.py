@@ -50,9 +50,9 @@ QUICK_CLASSES = 3  # --quick times per-class loops over this many classes and sc
 TARGETS = {  # ratio name -> (comparison, threshold, description)
     "onnx_vs_torch_b1": (">=", 2.0, "ONNX FP32 / torch eager images/s, batch 1 (cpu)"),
     "onnx_vs_torch_b16": (">=", 2.0, "ONNX FP32 / torch eager images/s, batch 16 (cpu)"),
-    "best_vs_torch_b1": (">=", 2.0, "best CPU backend (onnx, openvino, INT8, auto) / torch eager images/s, batch 1"),
-    "best_vs_torch_b16": (">=", 2.5, "best CPU backend (onnx, openvino, INT8, auto) / torch eager images/s, batch 16"),
-    "best_int8_vs_fp32_b16": (">=", 1.8, "best INT8 (onnx-int8, openvino-int8) / ONNX FP32 images/s, batch 16 (cpu)"),
+    "best_vs_torch_b1": (">=", 2.0, "best CPU backend within its accuracy budget (onnx, openvino, auto: INT8 only where auto chose it) / torch eager images/s, batch 1"),
+    "best_vs_torch_b16": (">=", 2.5, "best CPU backend within its accuracy budget (onnx, openvino, auto: INT8 only where auto chose it) / torch eager images/s, batch 16"),
+    "best_int8_vs_fp32_b16": (">=", 1.8, "best INT8 (onnx-int8, openvino-int8; accuracy not checked by bench: see xcam export --quantize int8) / ONNX FP32 images/s, batch 16 (cpu)"),
     "int8_vs_fp32_b1": (">=", 1.8, "ONNX INT8 / ONNX FP32 images/s, batch 1 (cpu)"),
     "int8_vs_fp32_b16": (">=", 1.8, "ONNX INT8 / ONNX FP32 images/s, batch 16 (cpu)"),
     "allclass_cam_vs_classify": ("<=", 1.25, "ONNX classify + all-class Grad-CAM time / ONNX classify time"),
@@ -602,7 +602,10 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             if backend == "onnx-int8" and ("onnx", b) in ips:
                 out.setdefault(f"int8_vs_fp32_b{b}", round(value / ips[("onnx", b)], 2))
         for b in sorted({b for _, b in ips}):
-            fast = [v for (backend, bb), v in ips.items() if bb == b and not backend.startswith("torch")]
+            # INT8 rows are timed whatever their accuracy; an INT8 model within its budget counts
+            # through the auto row, which runs it only where `xcam export --quantize int8` kept it
+            fast = [v for (backend, bb), v in ips.items()
+                    if bb == b and not backend.startswith("torch") and not backend.endswith("-int8")]
             if fast and ("torch", b) in ips:
                 out.setdefault(f"best_vs_torch_b{b}", round(max(fast) / ips[("torch", b)], 2))
             int8 = [v for (backend, bb), v in ips.items() if bb == b and backend.endswith("-int8")]
