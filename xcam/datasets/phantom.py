@@ -859,23 +859,32 @@ def _draw_pneumothorax(c: Canvas, rng: np.random.Generator) -> list[Lesion]:
     wx, wy = c.frame.to_px(side * lu[keep], lv[keep])
     pts = np.round(np.stack([wx - x0, wy - y0], -1) * _ONE).astype(np.int32).reshape(-1, 1, 2)
     cv2.polylines(wall, [pts], False, 0, 1, cv2.LINE_8, _SHIFT)
-    dist = cv2.distanceTransform(wall, cv2.DIST_L2, 3)
     d = depth * np.clip((v_end - V) / (v_end - a.apex_v), 0, 1) ** 0.6
+    return pleural_gap(c, wall, d, env, (x0, y0, x1, y1), 0.07)
+
+
+def pleural_gap(c: Canvas, wall: np.ndarray, depth: np.ndarray, env: np.ndarray, box: tuple[int, int, int, int],
+                line_k: float) -> list[Lesion]:
+    """A pneumothorax from its depth map: air (no lung, no vessels) wherever the distance to the
+    chest wall (``wall``: 0 on the wall line) is below ``depth``, and a thin pleural line at the edge."""
+    a = c.anatomy
+    x0, y0, x1, y1 = box
+    dist = cv2.distanceTransform(wall, cv2.DIST_L2, 3)
     envf = env.astype(np.float32) * (1.0 / 255)
-    gap = np.clip(d - dist, 0, 1) * envf
+    gap = np.clip(depth - dist, 0, 1) * envf
     lw = max(0.7, c.frame.px(0.0015))
-    line = np.exp(-(((dist - d) / lw) ** 2)) * (d > 1.5) * envf
+    line = np.exp(-(((dist - depth) / lw) ** 2)) * (depth > 1.5) * envf
     if not (gap > 0.5).any():
         return []
     lung, vessels = c.lung[y0:y1, x0:x1], c.vessel[y0:y1, x0:x1]
     added = gap * np.clip(0.97 - lung, 0, None)
-    delta = (a.soft_k * a.air_k * c.body[y0:y1, x0:x1] * added + a.vessel_k * vessels * gap + 0.07 * line)
+    delta = a.soft_k * a.air_k * c.body[y0:y1, x0:x1] * added + a.vessel_k * vessels * gap + line_k * line
     lung += added
     vessels *= 1 - gap
-    c.dense[y0:y1, x0:x1] += 0.07 * line
+    c.dense[y0:y1, x0:x1] += line_k * line
     c.occupied[y0:y1, x0:x1] |= ((gap + line) > 0.05).astype(np.uint8)
-    box = _box_of(delta, x0, y0)
-    return [Lesion("Pneumothorax", box)] if box else []
+    found = _box_of(delta, x0, y0)
+    return [Lesion("Pneumothorax", found)] if found else []
 
 
 def _enlarge_heart(a: Anatomy, rng: np.random.Generator) -> Anatomy:

@@ -28,6 +28,7 @@ from xcam.datasets.phantom import (
     _box_of,
     _count,
     _crop,
+    pleural_gap,
     _diaphragm,
     _draw_atelectasis,
     _draw_effusion,
@@ -276,7 +277,6 @@ def _air_gap(c: Canvas, side: int, wall_u: np.ndarray, wall_v: np.ndarray,
              depth: Callable[[np.ndarray, np.ndarray], np.ndarray], line_k: float) -> list[Lesion]:
     """Air between a stretch of chest wall and the lung edge, ``depth(U, V)`` px deep, with no
     vessel markings and a thin pleural line (the classic pneumothorax, with any wall and depth)."""
-    a = c.anatomy
     x0, y0, x1, y1 = c.env_box[side]
     U, V = c.frame.grid(x0, y0, x1, y1)
     env = c.env[side][y0:y1, x0:x1]
@@ -284,23 +284,7 @@ def _air_gap(c: Canvas, side: int, wall_u: np.ndarray, wall_v: np.ndarray,
     wx, wy = c.frame.to_px(side * wall_u, wall_v)
     pts = np.round(np.stack([wx - x0, wy - y0], -1) * _ONE).astype(np.int32).reshape(-1, 1, 2)
     cv2.polylines(wall, [pts], False, 0, 1, cv2.LINE_8, _SHIFT)
-    dist = cv2.distanceTransform(wall, cv2.DIST_L2, 3)
-    d = depth(U, V)
-    envf = env.astype(np.float32) * (1.0 / 255)
-    gap = np.clip(d - dist, 0, 1) * envf
-    lw = max(0.7, c.frame.px(0.0015))
-    line = np.exp(-(((dist - d) / lw) ** 2)) * (d > 1.5) * envf
-    if not (gap > 0.5).any():
-        return []
-    lung, vessels = c.lung[y0:y1, x0:x1], c.vessel[y0:y1, x0:x1]
-    added = gap * np.clip(0.97 - lung, 0, None)
-    delta = a.soft_k * a.air_k * c.body[y0:y1, x0:x1] * added + a.vessel_k * vessels * gap + line_k * line
-    lung += added
-    vessels *= 1 - gap
-    c.dense[y0:y1, x0:x1] += line_k * line
-    c.occupied[y0:y1, x0:x1] |= ((gap + line) > 0.05).astype(np.uint8)
-    box = _box_of(delta, x0, y0)
-    return [Lesion("Pneumothorax", box)] if box else []
+    return pleural_gap(c, wall, depth(U, V), env, (x0, y0, x1, y1), line_k)
 
 
 def _draw_band_pneumothorax(c: Canvas, rng: np.random.Generator) -> list[Lesion]:
