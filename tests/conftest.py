@@ -74,6 +74,23 @@ def random_weights(pm, weights_cache: Path):
     return make
 
 
+@pytest.fixture(scope="module")
+def store(random_weights):
+    """A weights store with random densenet121 weights under the real file name."""
+    from xcam.core.weights import WeightsStore
+
+    random_weights("densenet121")
+    return WeightsStore.from_env()
+
+
+@pytest.fixture(scope="module")
+def onnx_clf(pm, store):
+    """densenet121 on ONNX Runtime (random weights)."""
+    from xcam.export.backends import load_classifier
+
+    return load_classifier(pm, "densenet121", backend="onnx", store=store)
+
+
 def run_xcam(args: list[str], capsys, monkeypatch=None, pm=None) -> tuple[int, str, str]:
     """Run ``xcam`` in-process as the console script does (one-line errors, exit codes):
     ``(exit code, stdout, stderr)``. With ``pm``, every command uses that plugin manager."""

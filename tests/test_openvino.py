@@ -10,21 +10,9 @@ import pytest
 pytest.importorskip("openvino", reason="openvino is not installed (optional extra: pip install 'xcam[openvino]')")
 
 from xcam.core.errors import XcamError  # noqa: E402
-from xcam.core.weights import WeightsStore  # noqa: E402
 from xcam.export.backends import load_classifier  # noqa: E402
 from xcam.export.openvino_runtime import OpenVinoClassifier  # noqa: E402
 from xcam.export.samples import load_batch, synthetic_batch  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def store(random_weights):
-    random_weights("densenet121")
-    return WeightsStore.from_env()
-
-
-@pytest.fixture(scope="module")
-def onnx_clf(pm, store):
-    return load_classifier(pm, "densenet121", backend="onnx", store=store)
 
 
 @pytest.fixture(scope="module")

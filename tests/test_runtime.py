@@ -9,22 +9,10 @@ import pytest
 
 from xcam.core.errors import XcamError
 from xcam.core.inference import TorchClassifier
-from xcam.core.weights import WeightsStore
 from xcam.export.backends import load_classifier
 from xcam.export import onnx_export
 from xcam.export.runtime import OnnxClassifier
 from xcam.export.samples import load_batch, synthetic_batch
-
-
-@pytest.fixture(scope="module")
-def store(random_weights):
-    random_weights("densenet121")
-    return WeightsStore.from_env()
-
-
-@pytest.fixture(scope="module")
-def onnx_clf(pm, store):
-    return load_classifier(pm, "densenet121", backend="onnx", store=store)
 
 
 @pytest.fixture(scope="module")
