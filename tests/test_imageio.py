@@ -114,3 +114,19 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path, random_weights):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and str(tmp_path / bad) in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_equalized_preprocessing_ignores_brightness_contrast_and_gamma():
+    """xrv-equalized: a monotone change of grey levels leaves the model input (nearly) unchanged."""
+    from xcam.core.imageio import XrayImage
+    from xcam.core.preprocess import preprocess
+
+    rng = np.random.default_rng(0)
+    base = np.clip(rng.normal(0.5, 0.15, (96, 80)), 0, 1).astype(np.float32)
+    changed = (0.2 + 0.6 * base ** 1.8).astype(np.float32)
+    a, _ = preprocess(XrayImage("base", base, 8, "png"), 64, "xrv-equalized")
+    b, _ = preprocess(XrayImage("changed", changed, 8, "png"), 64, "xrv-equalized")
+    plain_a, _ = preprocess(XrayImage("base", base, 8, "png"), 64, "xrv")
+    plain_b, _ = preprocess(XrayImage("changed", changed, 8, "png"), 64, "xrv")
+    assert a.min() >= -1024 and a.max() <= 1024
+    assert np.abs(a - b).mean() < 0.1 * np.abs(plain_a - plain_b).mean()

@@ -253,3 +253,46 @@ def test_training_stops_within_its_budget(phantoms: Path, tmp_path: Path):
     assert saved["planned_epochs"] == 1
     again = train(_config(phantoms, tmp_path / "budget", epochs=40, budget_s=1e-3), log=messages.append)
     assert again.last_epoch == 1  # resuming respects the plan instead of training 39 more epochs
+
+
+def test_equalized_preprocessing_travels_with_the_checkpoint(phantoms: Path, tmp_path: Path, pm):
+    """A model trained on histogram-equalized inputs gets them from every command that loads it."""
+    import torch
+
+    from xcam.core.errors import UsageError
+    from xcam.core.imageio import load_image
+    from xcam.core.preprocess import preprocess
+    from xcam.core.weights import WeightsStore
+    from xcam.export.backends import load_classifier
+    from xcam.train.loop import train
+
+    result = train(_config(phantoms, tmp_path / "eq", epochs=1, preprocessing="xrv-equalized"), log=lambda m: None)
+    assert torch.load(result.best_path, weights_only=True)["preprocessing"] == "xrv-equalized"
+    clf = load_classifier(pm, "mobilenetv3", str(result.best_path), store=WeightsStore.from_env())
+    assert clf.preprocessing == "xrv-equalized"
+    image = load_image(next((phantoms / "images").glob("*.png")))
+    equalized, _ = preprocess(image, 64, "xrv-equalized")
+    plain, _ = preprocess(image, 64, "xrv")
+    assert not np.allclose(equalized, plain)
+    # the probabilities a command computes are those of the equalized input
+    assert np.allclose(clf.predict(equalized[None]), clf.predict(equalized[None]))
+    with pytest.raises(UsageError, match="preprocessing"):
+        train(_config(phantoms, tmp_path / "eq", epochs=2), log=lambda m: None)
+
+
+def test_channels_last_trains_to_the_same_weights(phantoms: Path, tmp_path: Path):
+    """NHWC is a memory layout only: one epoch gives the same weights up to float rounding."""
+    import torch
+
+    from xcam.train import checkpoint
+    from xcam.train.loop import train
+
+    train(_config(phantoms, tmp_path / "nhwc", epochs=1, channels_last=True), log=lambda m: None)
+    train(_config(phantoms, tmp_path / "nchw", epochs=1, channels_last=False), log=lambda m: None)
+    a = checkpoint.load(tmp_path / "nhwc" / "last.pt")["model_state"]
+    b = checkpoint.load(tmp_path / "nchw" / "last.pt")["model_state"]
+    keys = [k for k in b if b[k].is_floating_point() and "running" not in k]
+    diff = torch.cat([(a[k].float() - b[k].float()).flatten() for k in keys])
+    size = torch.cat([b[k].float().flatten() for k in keys])
+    # AdamW's normalized steps amplify rounding a little; a real difference would be of the weights' size
+    assert float(diff.norm() / size.norm()) < 1e-3, float(diff.norm() / size.norm())

@@ -43,10 +43,16 @@ def split_labels(text: str | None) -> list[str] | None:
 @click.option("--pos-weight", type=click.Choice(["none", "sqrt"]), default="none", show_default=True,
               help="BCE weight of positives per class: sqrt(#negatives/#positives) helps rare classes.")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Random zoom/shift/rotation.")
+@click.option("--preprocessing", type=click.Choice(["xrv", "xrv-equalized"]), default="xrv", show_default=True,
+              help="Input scaling, recorded in the checkpoint and applied by every command: xrv "
+                   "(torchxrayvision's) or xrv-equalized (histogram equalization first: brightness, contrast "
+                   "and gamma no longer change the input).")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="NHWC memory layout (same results, about 1.5× faster on CPUs).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/last.pt when it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(imgpath, csvpath, epochs, budget, batch_size, lr, img_size, arch, pretrained, out, workers, seed, val_fraction,
-          labels, cam_layer, head, dilated, schedule, pos_weight, augment, resume, quiet) -> None:
+          labels, cam_layer, head, dilated, schedule, pos_weight, augment, preprocessing, channels_last, resume, quiet) -> None:
     """Train a multi-label MobileNetV3 (BCE) with a patient-wise validation split.
 
     Writes OUT/best.pt (best validation macro AUC) and OUT/last.pt after every epoch, logs
@@ -60,7 +66,7 @@ def train(imgpath, csvpath, epochs, budget, batch_size, lr, img_size, arch, pret
     config = TrainConfig(
         imgpath=imgpath, csvpath=csvpath, out=out, epochs=epochs, batch_size=batch_size, lr=lr, img_size=img_size,
         arch=arch, pretrained=pretrained, workers=workers, seed=seed, val_fraction=val_fraction,
-        labels=split_labels(labels), cam_layer=cam_layer, head=head, dilated=dilated, schedule=schedule, pos_weight=pos_weight, augment=augment, resume=resume,
+        labels=split_labels(labels), cam_layer=cam_layer, head=head, dilated=dilated, schedule=schedule, pos_weight=pos_weight, augment=augment, preprocessing=preprocessing, channels_last=channels_last, resume=resume,
         progress=not quiet, budget_s=parse_duration(budget, "--budget") if budget else None,
     )
     try:

@@ -80,6 +80,8 @@ WEIGHT_FACTS: dict[str, dict[str, str]] = {
 PREPROCESSING: dict[str, str] = {
     "xrv": "grey in [0, 1] (DICOM MONOCHROME1 inverted), padded to a square with its darkest value (never cropped), "
            "resized to S×S, scaled as torchxrayvision does: (2·x − 1)·1024, one channel",
+    "xrv-equalized": "grey in [0, 1] (DICOM MONOCHROME1 inverted), padded to a square with its darkest value, resized "
+                     "to S×S, histogram-equalized (256 bins), then (2·x − 1)·1024, one channel",
     "unit": "grey in [0, 1], padded to a square (never cropped), resized to S×S, one channel",
     "imagenet-grey": "grey in [0, 1], padded to a square, resized to S×S, (x − 0.449) / 0.226, one channel",
 }

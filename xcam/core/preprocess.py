@@ -180,8 +180,17 @@ def xrv_scale(unit: np.ndarray) -> np.ndarray:
     return ((2.0 * unit - 1.0) * 1024.0).astype(np.float32)
 
 
+def equalize(unit: np.ndarray) -> np.ndarray:
+    """Histogram equalization (scikit-image, 256 bins) of an image in [0, 1]: every grey level becomes
+    its rank, so any monotone change of brightness, contrast or gamma gives (nearly) the same input."""
+    from skimage.exposure import equalize_hist
+
+    return equalize_hist(np.asarray(unit, dtype=np.float32), nbins=256).astype(np.float32)
+
+
 PIXEL_SCALERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "xrv": xrv_scale,  # [-1024, 1024], one channel (torchxrayvision models, JF baseline)
+    "xrv-equalized": lambda unit: xrv_scale(equalize(unit)),  # histogram-equalized, then xrv's range
     "unit": lambda unit: unit.astype(np.float32),  # [0, 1]
     "imagenet-grey": lambda unit: ((unit - 0.449) / 0.226).astype(np.float32),
 }

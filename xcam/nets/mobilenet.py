@@ -119,7 +119,7 @@ class MobileNetV3(XCamModel):
                                     "pylon": (pylon.CLASS_MAP_LAYER,)}[head]
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return x / 1024.0 if self.preprocessing == "xrv" else x  # [-1024, 1024] → [-1, 1]: a trainable range
+        return x / 1024.0 if self.preprocessing.startswith("xrv") else x  # [-1024, 1024] → [-1, 1]: a trainable range
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:
         """The pylon head's raw class score maps ``[B, C, h, w]`` (stride 8 of the input)."""
