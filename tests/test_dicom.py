@@ -435,3 +435,154 @@ def test_cli_cam_and_analyze_write_dicom(tmp_path, xcam_cli, pm, dicom_file):
         "b_generated_CAM1.dcm", "b_generated_SEG.dcm", "b_generated_SR.dcm"]
     summary = json.loads((tmp_path / "out3" / "analyze_summary.json").read_text())
     assert [i["status"] for i in summary["images"]] == ["error", "ok"]
+
+
+# -- --dicom-voi on classify, score (threads, worker processes, Ray) and evaluate ----------------------
+WINDOW = (3000.0, 2000.0)  # modality units: the middle of chest_like's -1024…7166 range, stretched
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A small mobilenetv3 checkpoint (64 px, random weights) whose output depends on its input: its
+    batch-norm statistics are measured on random inputs (freshly initialised, every image gives the
+    same probabilities, so no reading difference could show)."""
+    import torch
+
+    from xcam.nets.mobilenet import MobileNetV3
+
+    torch.manual_seed(0)
+    model = MobileNetV3(arch="mobilenet_v3_small", input_size=64, cam_layer="net.features.8")
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # a plain average over the batches below
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 1, 64, 64) * 400)
+    path = tmp_path_factory.mktemp("voi") / "live.pt"
+    torch.save(model.eval().checkpoint_object(), path)
+    return str(path)
+
+
+@pytest.fixture
+def windowed_folder(tmp_path) -> Path:
+    """Three small DICOMs that carry a window of their own (``WINDOW``)."""
+    folder = tmp_path / "windowed"
+    folder.mkdir()
+    for seed in range(3):
+        make_dicom(folder / f"w{seed}.dcm", chest_like(seed=seed), window=WINDOW)
+    return folder
+
+
+def classify_json(xcam_cli, pm, checkpoint: str, path: Path, voi: str) -> dict[str, float]:
+    code, out, err = xcam_cli("classify", "--input", str(path), "--model", "mobilenetv3", "--weights", checkpoint,
+                              "--dicom-voi", voi, "--json", pm=pm)
+    assert code == 0, err
+    return json.loads(out)["predictions"]
+
+
+def score_rows(xcam_cli, pm, checkpoint: str, folder: Path, output: Path, voi: str, *more: str) -> dict[str, dict]:
+    from xcam.score.writers import read_rows
+
+    code, out, err = xcam_cli("score", "--input", str(folder), "--output", str(output), "--models",
+                              f"mobilenetv3:{checkpoint}", "--backend", "torch", "--batch-size", "2",
+                              "--no-progress", "--dicom-voi", voi, *more, pm=pm)
+    assert code == 0, out + err
+    rows = {Path(r["path"]).name: r for r in read_rows(output)}
+    assert sorted(rows) == ["w0.dcm", "w1.dcm", "w2.dcm"] and {r["status"] for r in rows.values()} == {"ok"}
+    return {name: {k.rsplit(":", 1)[1]: v for k, v in r.items() if k.startswith("mobilenetv3") and v is not None}
+            for name, r in rows.items()}
+
+
+def max_difference(a: dict[str, float], b: dict[str, float]) -> float:
+    assert sorted(a) == sorted(b) and a
+    return max(abs(a[k] - b[k]) for k in a)
+
+
+def test_classify_reads_dicom_with_dicom_voi(xcam_cli, pm, checkpoint, windowed_folder):
+    from xcam.export.backends import load_classifier
+
+    path = windowed_folder / "w0.dcm"
+    plain = classify_json(xcam_cli, pm, checkpoint, path, "none")
+    window = classify_json(xcam_cli, pm, checkpoint, path, f"{WINDOW[0]:g},{WINDOW[1]:g}")
+    auto = classify_json(xcam_cli, pm, checkpoint, path, "auto")  # the file's own window: the same numbers
+    assert max_difference(plain, window) > 1e-3  # the window changes what the model sees
+    assert max_difference(auto, window) < 1e-6
+
+    # what classify printed is the classifier on the image read with that window, not by default
+    clf = load_classifier(pm, "mobilenetv3", checkpoint, backend="torch", device="cpu")
+    for options, got in ((DicomReadOptions(voi="window", window=WINDOW), window), (DicomReadOptions(), plain)):
+        batch, _ = preprocess(load_image(path, options), clf.input_size, clf.preprocessing)
+        probs = clf.predict(batch[None])[0]
+        want = {clf.labels[i]: float(probs[i]) for i in clf.valid_indices}
+        assert max_difference(got, want) < 1e-5
+
+
+def test_score_worker_processes_read_dicom_as_the_parent(tmp_path, xcam_cli, pm, checkpoint, windowed_folder):
+    """A process-wide ``--dicom-voi`` does not reach worker processes: they get the options explicitly."""
+    voi = f"{WINDOW[0]:g},{WINDOW[1]:g}"
+    threads = score_rows(xcam_cli, pm, checkpoint, windowed_folder, tmp_path / "threads.csv", voi)
+    processes = score_rows(xcam_cli, pm, checkpoint, windowed_folder, tmp_path / "processes.csv", voi,
+                           "--pool", "process", "--workers", "2")
+    plain = score_rows(xcam_cli, pm, checkpoint, windowed_folder, tmp_path / "plain.csv", "none",
+                       "--pool", "process", "--workers", "2")
+    for name in threads:
+        assert max_difference(threads[name], processes[name]) < 1e-6, name
+        assert max_difference(threads[name], plain[name]) > 1e-3, name
+    # the same file and option give the same probabilities in classify and score
+    assert max_difference(classify_json(xcam_cli, pm, checkpoint, windowed_folder / "w1.dcm", voi),
+                          threads["w1.dcm"]) < 1e-5
+    assert max_difference(classify_json(xcam_cli, pm, checkpoint, windowed_folder / "w1.dcm", "none"),
+                          plain["w1.dcm"]) < 1e-5
+
+
+def test_evaluate_reads_dicom_with_dicom_voi(tmp_path, xcam_cli, pm, checkpoint, windowed_folder):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                     "w0.dcm,Cardiomegaly,100,60,120,120\nw1.dcm,Mass,200,60,80,60\n")
+
+    def records(voi: str) -> list[dict]:
+        out = tmp_path / f"eval-{voi.replace(',', '_')}"
+        code, stdout, err = xcam_cli("evaluate", "--imgpath", str(windowed_folder), "--bbox-csv", str(boxes),
+                                     "--models", f"mobilenetv3:{checkpoint}", "--profile", "fast",
+                                     "--output", str(out), "--bootstrap", "0", "--montage", "1", "--quiet",
+                                     "--dicom-voi", voi, pm=pm)
+        assert code == 0, stdout + err
+        found = json.loads((out / "results.json").read_text())["records"]
+        assert [(r["image"], r["evaluated"]) for r in found] == [("w0.dcm", True), ("w1.dcm", True)]
+        return found
+
+    window, auto, plain = records(f"{WINDOW[0]:g},{WINDOW[1]:g}"), records("auto"), records("none")
+    assert window == auto  # the file's own window, read through either spelling
+    scores = lambda rs: [(r["point"], [p[4] for p in r["preds"]]) for r in rs]  # noqa: E731
+    assert scores(window) != scores(plain)
+
+
+@pytest.mark.parametrize("command", ["classify", "score", "evaluate"])
+@pytest.mark.parametrize("value, problem", [("wide", "expected none, auto or CENTER,WIDTH (e.g. 2048,4096)"),
+                                            ("40,0", "the window width must be > 0")])
+def test_bad_dicom_voi_is_one_line(tmp_path, xcam_cli, pm, dicom_file, command, value, problem):
+    args = {"classify": ["--input", str(dicom_file)],
+            "score": ["--input", str(dicom_file.parent), "--output", str(tmp_path / "r.csv")],
+            "evaluate": ["--imgpath", str(dicom_file.parent), "--bbox-csv", str(tmp_path / "boxes.csv")]}[command]
+    code, out, err = xcam_cli(command, *args, "--dicom-voi", value, pm=pm)
+    assert code == 2 and err == f"error: --dicom-voi {value!r}: {problem}\n"
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_score_on_ray_reads_dicom_as_the_driver(tmp_path, xcam_cli, pm, checkpoint, windowed_folder):
+    """Ray tasks decode in worker processes that never saw ``--dicom-voi``: the task gets the options."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    voi = f"{WINDOW[0]:g},{WINDOW[1]:g}"
+    local = score_rows(xcam_cli, pm, checkpoint, windowed_folder, tmp_path / "local.csv", voi)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = score_rows(xcam_cli, pm, checkpoint, windowed_folder, tmp_path / "ray.csv", voi, "--engine", "ray")
+    finally:
+        if started:
+            ray.shutdown()
+    for name in local:
+        assert max_difference(local[name], remote[name]) < 1e-6, name

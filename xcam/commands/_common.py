@@ -185,24 +185,32 @@ def failure_limits(fail_fast: bool, max_plugin_failures: int | None) -> dict[str
     return out
 
 
-def _set_dicom_voi(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+def _set_dicom_voi(ctx: click.Context, param: click.Parameter, value: str | None):  # -> DicomReadOptions
+    """Parse ``--dicom-voi``, make it this process's DICOM reading and return it (one-line error)."""
     from xcam.core.errors import UsageError
     from xcam.core.imageio import DicomReadOptions, set_dicom_options
 
     try:
-        set_dicom_options(DicomReadOptions.parse(value))
+        options = DicomReadOptions.parse(value)
     except ValueError as exc:
         raise UsageError(f"--dicom-voi {exc}") from None
+    set_dicom_options(options)
+    return options
 
 
-def dicom_voi_option(f: Callable) -> Callable:
-    """``--dicom-voi none|auto|CENTER,WIDTH``: how DICOM inputs are read (docs/dicom.md)."""
-    return click.option(
-        "--dicom-voi", default="none", show_default=True, metavar="none|auto|CENTER,WIDTH", expose_value=False,
-        callback=_set_dicom_voi,
-        help="DICOM grey scale: none (modality LUT only, as torchxrayvision), auto (the file's VOI LUT or "
-             "first window) or a window CENTER,WIDTH in modality units.",
-    )(f)
+def dicom_voi_option(f: Callable | None = None, *, expose: bool = False) -> Callable:
+    """``--dicom-voi none|auto|CENTER,WIDTH``: how DICOM inputs are read (docs/dicom.md), set for
+    this process. ``expose=True`` also passes the parsed :class:`~xcam.core.imageio.DicomReadOptions`
+    as ``dicom_voi``, for commands that hand it to worker processes (which do not share the setting)."""
+    def decorate(g: Callable) -> Callable:
+        return click.option(
+            "--dicom-voi", default="none", show_default=True, metavar="none|auto|CENTER,WIDTH",
+            expose_value=expose, callback=_set_dicom_voi,
+            help="DICOM grey scale: none (modality LUT only, as torchxrayvision), auto (the file's VOI LUT or "
+                 "first window) or a window CENTER,WIDTH in modality units.",
+        )(g)
+
+    return decorate(f) if f is not None else decorate
 
 
 def dicom_out_option(f: Callable) -> Callable:

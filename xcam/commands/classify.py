@@ -11,6 +11,7 @@ from xcam.commands._common import (
     MODEL_BACKENDS,
     accept_changed_weights_option,
     device_option,
+    dicom_voi_option,
     plugin_manager,
     resolve_device,
     weights_dir_option,
@@ -43,6 +44,7 @@ def format_report(path: str, model: str, variant: str, predictions: dict[str, fl
 @device_option
 @weights_dir_option
 @accept_changed_weights_option
+@dicom_voi_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def classify(inputs, model, weights, threshold, backend, device, weights_dir, accept_changed_weights, as_json) -> None:
     """Classify chest X-rays and print all probabilities, sorted, with the positive findings."""

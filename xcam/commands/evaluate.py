@@ -13,6 +13,7 @@ from xcam.commands._common import (
     accept_changed_weights_option,
     cam_options,
     device_option,
+    dicom_voi_option,
     pick_renamed,
     plugin_failure_options,
     profile_option,
@@ -52,6 +53,7 @@ from xcam.commands._common import (
 @device_option
 @weights_dir_option
 @accept_changed_weights_option
+@dicom_voi_option
 def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile, method, cam_layers, aug_smooth,
              eigen_smooth, mask_name, mask_option, strategy, strategy_option, cam_layer_old, ensembler, backend,
              output, coco_file, coco_gt, random_weights, montage, quiet, bootstrap, bootstrap_seed, compare,

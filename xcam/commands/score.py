@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,10 +16,14 @@ from xcam.commands._common import (
     MODEL_BACKENDS,
     accept_changed_weights_option,
     device_option,
+    dicom_voi_option,
     plugin_failure_options,
     profile_option,
     weights_dir_option,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xcam.core.imageio import DicomReadOptions
 
 
 @click.command("score")
@@ -58,6 +63,7 @@ from xcam.commands._common import (
 @click.option("--random-weights", is_flag=True, hidden=True, help="Random-init models (tests, benchmarks).")
 @weights_dir_option
 @accept_changed_weights_option
+@dicom_voi_option(expose=True)
 @click.pass_context
 def score(ctx: click.Context, input_: str, output: str, models: str | None, backend: str, device: str,
           batch_size: int, threshold: float, with_cams: bool, cam_classes: str, boxes: bool, coco_file: str | None,
@@ -65,7 +71,7 @@ def score(ctx: click.Context, input_: str, output: str, models: str | None, back
           cam_method: str | None, mask_name: str | None, strategy: str | None, ensembler: str | None,
           fail_fast: bool, max_plugin_failures: int | None, workers: int | None, resume: bool, engine: str, address: str | None,
           progress: bool | None, as_json: bool, pool: str, random_weights: bool, weights_dir: str | None,
-          accept_changed_weights: bool) -> None:
+          accept_changed_weights: bool, dicom_voi: "DicomReadOptions") -> None:
     """Score every image of a folder, glob or list into one results file, one row per image.
 
     A killed run leaves a readable file; running the same command again resumes it (no input is
@@ -95,6 +101,7 @@ def score(ctx: click.Context, input_: str, output: str, models: str | None, back
         config_path=absolute(root.get("config")), ensembler=ensembler, threshold=threshold,
         with_cams=with_cams or boxes, cam_classes=cam_classes, boxes=boxes, profile=profile, cam_method=cam_method,
         mask=mask_name, strategy=strategy, max_plugin_failures=max_plugin_failures, fail_fast=fail_fast,
+        dicom=dicom_voi,
     )
     config = JobConfig(input=input_, output=output, options=options, batch_size=batch_size, workers=workers,
                        resume=resume, engine=engine, address=address, pool=pool, progress=progress)

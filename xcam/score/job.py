@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from xcam.core.errors import UsageError
+from xcam.core.imageio import set_dicom_options
 from xcam.score.inputs import PathSet, iter_inputs
 from xcam.score.progress import Progress, Stopwatch, Summary
 from xcam.score.scorer import ScoreOptions, Scorer, default_workers
@@ -81,13 +82,15 @@ def run_job(config: JobConfig, paths: Iterable[str] | None = None, scorer: Score
     count = (lambda: iter_inputs(config.input)) if paths is None else None
     progress = Progress(config.progress, count=count, already_done=state.ok + state.failed)
     clock = Stopwatch()
+    dicom = config.options.dicom  # --dicom-voi: this process's decoding threads, worker processes and Ray tasks
+    previous_dicom = set_dicom_options(dicom)
     try:
         if config.engine == "local":
             from xcam.score.local import run_local
 
             run_local(pending, scorer, writer.write, batch_size=config.batch_size,
                       workers=config.workers or default_workers(), pool=config.pool,
-                      max_inflight=config.max_inflight, on_batch=progress.update)
+                      max_inflight=config.max_inflight, on_batch=progress.update, dicom=dicom)
         else:
             from xcam.score.ray_engine import run_ray, start_ray
 
@@ -95,6 +98,7 @@ def run_job(config: JobConfig, paths: Iterable[str] | None = None, scorer: Score
             run_ray(pending, config.options, scorer.shapes, writer.write, batch_size=config.batch_size,
                     workers=config.workers, on_batch=progress.update)
     finally:  # every written batch is already durable; close commits Parquet's journal
+        set_dicom_options(previous_dicom)
         writer.close()
         progress.close()
         summary.new_ok, summary.new_failed = progress.ok, progress.failed

@@ -5,6 +5,8 @@ decodes and preprocesses ahead of the model (:func:`xcam.chain.engine.prepare`) 
 bounded, order-keeping queue of futures; the calling thread runs the chain batch by batch
 (:meth:`xcam.score.scorer.Scorer.score`) and writes each batch durably before the next.
 At most ``max_inflight`` inputs are held at once, however many inputs stream in.
+Decoding threads share this process's DICOM reading (``--dicom-voi``); worker processes do not,
+so the pool hands them the same :class:`~xcam.core.imageio.DicomReadOptions` when they start.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from xcam.chain.engine import Prepared, decode_ahead
 from xcam.chain.guard import PluginGaveUp
+from xcam.core.imageio import DicomReadOptions, dicom_options, set_dicom_options
 from xcam.score.schema import OK, Row
 from xcam.score.scorer import Shape
 
@@ -35,10 +38,13 @@ class EngineStats:
     peak_inflight: int = 0
 
 
-def make_pool(kind: str, workers: int) -> cf.Executor:
+def make_pool(kind: str, workers: int, dicom: DicomReadOptions | None = None) -> cf.Executor:
+    """A decoding pool of ``workers`` threads or processes; processes read DICOM as ``dicom`` says
+    (default: as this process does now), since a process-wide setting does not reach them."""
     if kind == "process":
         # forkserver: never fork a process that already runs torch/OpenMP threads
-        return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+        return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                      initializer=set_dicom_options, initargs=(dicom or dicom_options(),))
     if kind != "thread":
         raise ValueError(f"unknown pool {kind!r}; use one of {POOLS}")
     return cf.ThreadPoolExecutor(workers, thread_name_prefix="xcam-decode")
@@ -65,11 +71,13 @@ def run_local(
     pool: str = "thread",
     max_inflight: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    dicom: DicomReadOptions | None = None,
 ) -> EngineStats:
-    """Score every path: decode ahead in ``pool``, infer in batches, ``write`` each batch."""
+    """Score every path: decode ahead in ``pool``, infer in batches, ``write`` each batch
+    (``dicom``: how worker processes read DICOM; default: as this process does)."""
     stats = EngineStats()
     inflight = max_inflight or 2 * batch_size + 2 * workers
-    with make_pool(pool, workers) as executor:
+    with make_pool(pool, workers, dicom) as executor:
         batch: list[Prepared] = []
         stream = prepared_stream(paths, scorer.shapes, executor, inflight, stats)
         while True:

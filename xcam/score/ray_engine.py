@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from xcam.chain.engine import Prepared, prepare
+from xcam.chain.engine import Prepared
 from xcam.core.errors import XcamError
+from xcam.core.imageio import DicomReadOptions
 from xcam.score.local import EngineStats
 from xcam.score.schema import OK, Row
-from xcam.score.scorer import ScoreOptions, Scorer, Shape
+from xcam.score.scorer import ScoreOptions, Scorer, Shape, prepare_with
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -59,13 +60,16 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return started
 
 
-def prepare_batch(batch: dict[str, np.ndarray], shapes: Sequence[Shape], base: str = "") -> dict[str, np.ndarray]:
+def prepare_batch(batch: dict[str, np.ndarray], shapes: Sequence[Shape], base: str = "",
+                  dicom: DicomReadOptions | None = None) -> dict[str, np.ndarray]:
     """Ray stage 1: decode + preprocess a batch of paths into columns (zeros for failed inputs).
 
     Relative paths are read relative to ``base`` (the driver's working directory) but keep
-    their original spelling in the ``path`` column (the resume key)."""
+    their original spelling in the ``path`` column (the resume key). DICOM is read as ``dicom``
+    says (the driver's ``--dicom-voi``: a Ray worker never saw the command line)."""
     paths = [str(p) for p in batch["path"]]
-    items = [prepare(os.path.join(base, p), shapes) for p in paths]
+    dicom = dicom or DicomReadOptions()
+    items = [prepare_with(os.path.join(base, p), shapes, dicom) for p in paths]
     out: dict[str, np.ndarray] = {
         "path": np.array(paths, dtype=object),
         "error": np.array([i.error or "" for i in items], dtype=object),
@@ -144,7 +148,8 @@ def run_ray(
     for chunk in _windows(paths, window):
         blocks = max(1, min(len(chunk) // batch_size, 1000))
         ds = ray.data.from_items([{"path": p} for p in chunk], override_num_blocks=blocks)
-        ds = ds.map_batches(prepare_batch, fn_kwargs={"shapes": tuple(shapes), "base": os.getcwd()},
+        ds = ds.map_batches(prepare_batch, fn_kwargs={"shapes": tuple(shapes), "base": os.getcwd(),
+                                                      "dicom": options.dicom},
                             batch_size=batch_size, batch_format="numpy", num_cpus=0.5)
         ds = ds.map_batches(ScoreActor, fn_constructor_args=(options,), batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker)
