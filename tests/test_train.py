@@ -189,6 +189,8 @@ def test_lse_head_checkpoint_loads_with_its_head_and_refuses_another(phantoms: P
     clf = load_classifier(pm, "mobilenetv3", str(result.best_path), store=WeightsStore.from_env())
     model = clf.model
     assert model.head == "lse" and model.dilated
+    # cam_layers = "auto" fuses LayerCAM over the 28×28 and 14×14 blocks, as for the mlp head
+    assert clf.localization_layers == ("net.features.3", "net.features.5")
     x = torch.randn(2, 1, 64, 64) * 400
     with torch.no_grad():
         features = model.net.features(x / 1024.0)

@@ -78,8 +78,9 @@ def build_mobilenet(arch: str, num_classes: int, pretrained: bool = False, bn_mo
 
 
 LOCALIZATION_LAYERS: dict[str, tuple[str, ...]] = {
-    # LayerCAM fused over a 28×28 and a 14×14 block localized best on held-out phantoms
-    # (docs/evaluation.md "What localizes best"); chosen by the chain's cam_layers = "auto".
+    # LayerCAM fused over a 28×28 and a 14×14 block localized best on held-out phantoms, for the mlp
+    # head and for the lse head (better than its own 7×7 score map: docs/evaluation.md "What localizes
+    # best" and "Round 2"); chosen by the chain's cam_layers = "auto".
     "mobilenet_v3_small": ("net.features.3", "net.features.5"),
 }
 
@@ -115,7 +116,7 @@ class MobileNetV3(XCamModel):
             self.pool = pylon.MapPool(pylon_pool, lse_r)
         default_layer = pylon.CLASS_MAP_LAYER if head == "pylon" else f"net.features.{len(self.net.features) - 1}"
         self.target_layer_path = cam_layer or default_layer
-        self.localization_layers = {"mlp": LOCALIZATION_LAYERS.get(arch, ()), "lse": (),
+        self.localization_layers = {"mlp": LOCALIZATION_LAYERS.get(arch, ()), "lse": LOCALIZATION_LAYERS.get(arch, ()),
                                     "pylon": (pylon.CLASS_MAP_LAYER,)}[head]
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
