@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from xcam.chain.engine import Prepared
+from xcam.chain.engine import Prepared, prepare
 from xcam.core.errors import XcamError
-from xcam.core.imageio import DicomReadOptions
+from xcam.core.imageio import DicomReadOptions, set_dicom_options
 from xcam.score.local import EngineStats
 from xcam.score.schema import OK, Row
-from xcam.score.scorer import ScoreOptions, Scorer, Shape, prepare_with
+from xcam.score.scorer import ScoreOptions, Scorer, Shape
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -68,8 +68,8 @@ def prepare_batch(batch: dict[str, np.ndarray], shapes: Sequence[Shape], base: s
     their original spelling in the ``path`` column (the resume key). DICOM is read as ``dicom``
     says (the driver's ``--dicom-voi``: a Ray worker never saw the command line)."""
     paths = [str(p) for p in batch["path"]]
-    dicom = dicom or DicomReadOptions()
-    items = [prepare_with(os.path.join(base, p), shapes, dicom) for p in paths]
+    set_dicom_options(dicom or DicomReadOptions())  # this worker process reads DICOM as the driver does
+    items = [prepare(os.path.join(base, p), shapes) for p in paths]
     out: dict[str, np.ndarray] = {
         "path": np.array(paths, dtype=object),
         "error": np.array([i.error or "" for i in items], dtype=object),

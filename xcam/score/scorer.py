@@ -11,11 +11,10 @@ Both engines call exactly these two, so they write the same rows, and the boxes 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from xcam.chain.engine import Prepared, describe_error, prepare
+from xcam.chain.engine import Prepared, prepare
 from xcam.chain.models import ModelRef
 from xcam.core.errors import UsageError
 from xcam.core.imageio import DicomReadOptions
@@ -30,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 Shape = tuple[int, str]  # (input size, preprocessing kind)
 CAM_CLASSES = ("positive", "all")
 
-__all__ = ["ScoreOptions", "Scorer", "Prepared", "prepare", "prepare_with", "parse_models", "resolve_backend", "runtime_available",
+__all__ = ["ScoreOptions", "Scorer", "Prepared", "prepare", "parse_models", "resolve_backend", "runtime_available",
            "default_workers", "Shape"]
 
 
@@ -92,22 +91,6 @@ class ScoreOptions:
 
         return LoadOptions(backend=resolve_backend(self.backend), device=self.device, random_init=self.random_weights,
                            seed=self.seed, threads=self.threads)
-
-
-def prepare_with(path: str, shapes: Sequence[Shape], dicom: DicomReadOptions) -> Prepared:
-    """:func:`prepare` of ``path`` with DICOM read as ``dicom`` says, not as this process's
-    ``--dicom-voi`` setting (a worker that did not parse the command line); failures → ``.error``."""
-    from xcam.core.imageio import load_image
-
-    start = time.perf_counter()
-    try:
-        image = load_image(path, dicom)
-    except Exception as exc:  # noqa: BLE001 - a bad file never stops a batch
-        return Prepared(path, error=describe_error(exc), seconds=time.perf_counter() - start)
-    item = prepare(image, shapes)
-    item.path = path  # the input as given (the image's path may be spelled differently)
-    item.seconds = time.perf_counter() - start
-    return item
 
 
 def runtime_available() -> bool:
