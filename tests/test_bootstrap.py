@@ -237,3 +237,22 @@ def test_a_class_on_one_image_gets_no_interval():
     assert interval(s["classes"]["Nodule"], ("pointing",)) is None and s["classes"]["Nodule"]["pointing"] == 1.0
     assert interval(s["classes"]["Mass"], ("pointing",)) is not None
     assert interval(s["mean"], ("pointing",)) is not None
+
+
+def test_compares_without_output_do_not_overwrite_each_other(tmp_path: Path, capsys, monkeypatch):
+    from xcam.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name, hits in (("mlp", 30), ("lse", 90), ("pylon", 60)):
+        (tmp_path / name).mkdir()
+        _pair(tmp_path / name, hits, hits)[0].rename(tmp_path / name / "results.json")
+    for b in ("lse", "pylon"):
+        try:
+            main(["evaluate", "--compare", "mlp/results.json", f"{b}/results.json", "--bootstrap", "50"])
+        except SystemExit as exc:
+            assert exc.code in (0, None), capsys.readouterr().err
+    assert "eval/compare_mlp_vs_pylon/compare.md" in capsys.readouterr().out
+    lse = json.loads((tmp_path / "eval" / "compare_mlp_vs_lse" / "compare.json").read_text())
+    pylon = json.loads((tmp_path / "eval" / "compare_mlp_vs_pylon" / "compare.json").read_text())
+    assert lse["mean"]["pointing"]["diff"] == pytest.approx(0.25)  # Mass 0.25 → 0.75, Nodule unchanged
+    assert pylon["mean"]["pointing"]["diff"] == pytest.approx(0.125)

@@ -35,7 +35,8 @@ from xcam.commands._common import (
 @click.option("--cam-layer", "cam_layer_old", default=None, hidden=True)
 @click.option("--ensembler", default=None, help="Combines models (and fused layers); default: the profile's.")
 @click.option("--backend", type=click.Choice(MODEL_BACKENDS), default="torch", show_default=True)
-@click.option("--output", default="eval", show_default=True, type=click.Path(file_okay=False))
+@click.option("--output", default="eval", show_default=True, type=click.Path(file_okay=False),
+              help="Results folder (with --compare, default: eval/compare_<A>_vs_<B>).")
 @click.option("--coco", "coco_file", default=None, type=click.Path(dir_okay=False), metavar="FILE.json",
               help="Write the predicted boxes as COCO results (score: class probability) and print COCO AP.")
 @click.option("--coco-gt", "coco_gt", default=None, type=click.Path(dir_okay=False), metavar="FILE.json",
@@ -75,10 +76,12 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile
     from xcam.evaluation.run import evaluate as run_evaluation
 
     if compare:
-        from xcam.evaluation.compare import compare_files, markdown, write_comparison
+        from xcam.evaluation.compare import compare_files, default_output, markdown, write_comparison
 
         compared = compare_files(*compare, resamples=bootstrap, seed=bootstrap_seed)
         click.echo(markdown(compared, headline_only=True))
+        if click.get_current_context().get_parameter_source("output") is click.core.ParameterSource.DEFAULT:
+            output = default_output(*compare, root=output)
         for name, path in write_comparison(compared, output).items():
             click.echo(f"{name}: {path}")
         return

@@ -12,6 +12,8 @@ when its interval excludes 0 (AFP: lower is better).
 
 from __future__ import annotations
 
+import re
+
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -217,6 +219,20 @@ def markdown(result: Mapping[str, Any], headline_only: bool = False) -> str:
     if result.get("not_compared"):
         parts += ["", f"Not compared (evaluated in only one of the two): {', '.join(result['not_compared'])}"]
     return "\n".join(parts) + "\n"
+
+
+def run_name(path: str | Path) -> str:
+    """A short name for a compared results file: its folder's name (``eval/mlp/results.json`` → ``mlp``),
+    or its stem when it lies in the current folder or is not called results.json."""
+    path = Path(path)
+    name = path.parent.name if path.stem == "results" and path.parent.name not in ("", ".") else path.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "results"
+
+
+def default_output(path_a: str | Path, path_b: str | Path, root: str | Path = "eval") -> Path:
+    """Where a comparison goes when no folder is given: ``root/compare_<A>_vs_<B>``, so comparisons of
+    different pairs do not overwrite each other."""
+    return Path(root) / f"compare_{run_name(path_a)}_vs_{run_name(path_b)}"
 
 
 def write_comparison(result: Mapping[str, Any], output: str | Path) -> dict[str, Path]:
