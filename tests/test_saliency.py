@@ -213,6 +213,33 @@ def test_road_perturbs_the_most_relevant_pixels_first():
     assert np.allclose(lerf[:8], image[0, :8]) and not np.allclose(lerf[8:], image[0, 8:])
 
 
+def test_fast_imputer_gives_the_librarys_imputation():
+    import torch
+    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer, neighbors_weights
+
+    from xcam.evaluation.faithfulness import FastLinearImputer
+
+    rng = np.random.default_rng(3)
+    image = torch.from_numpy(rng.normal(0, 300, (1, 40, 36)).astype(np.float32))
+    yy, xx = np.mgrid[:40, :36]
+    cam = torch.from_numpy((np.exp(-((yy - 12) ** 2 + (xx - 25) ** 2) / 60.0) + 0.1 * rng.random((40, 36)))
+                           .astype(np.float32))  # a blob touching no border, plus noise
+    mask = (rng.random((40, 36)) > 0.4).astype(np.float32)
+    mask[0], mask[:, -1] = 0, 0  # unknown pixels on the border: out-of-image neighbours drop out
+    a0, b0 = NoisyLinearImputer.setup_sparse_system(mask, image.numpy(), neighbors_weights)
+    a, b, unknown = FastLinearImputer.system(mask, image.numpy())
+    assert (a != a0.tocsc()).nnz == 0 and np.array_equal(b, b0) and len(unknown) == int((mask == 0).sum())
+    for remove in (RemoveMostRelevantFirst, RemoveLeastRelevantFirst):
+        for p in (10, 50, 90):
+            torch.manual_seed(7)
+            expected = remove(p, NoisyLinearImputer(noise=3.0))(image, cam)
+            torch.manual_seed(7)
+            got = remove(p, FastLinearImputer(noise=3.0))(image, cam)
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-3), (remove.__name__, p)
+            assert not torch.equal(got, image)  # something was imputed
+
+
 # -- the check the issue asks for ----------------------------------------------------------------------
 def test_sanity_flags_a_method_that_ignores_the_model_and_passes_gradcam(pm_plus, folder: Path, trained: Path):
     from xcam.evaluation.saliency import run_saliency
