@@ -79,6 +79,7 @@ class TrainConfig:
     budget_s: float | None = None  # wall-clock budget: epochs planned from the first epoch's time (≤ epochs)
     preprocessing: str = "xrv"  # or "xrv-equalized": histogram equalization first (xcam.core.preprocess)
     channels_last: bool = True  # NHWC tensors: 1.5× the training images/s of MobileNetV3 on a 2-core CPU
+    patience: int | None = None  # early stopping: stop after this many epochs without a better validation AUC
 
 
 @dataclass
@@ -348,8 +349,9 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
         plan.epochs = int(saved.get("planned_epochs") or config.epochs)
         best_auc, best_epoch = float(saved.get("best_val_auc", -math.inf)), int(saved.get("best_epoch", 0))
         log(f"resuming from {last_path} (epoch {start - 1} done)")
-        if start > plan.epochs:
-            log(f"already trained to epoch {start - 1} (of {plan.epochs}); best: {out / 'best.pt'}")
+        if start > plan.epochs or _out_of_patience(config.patience, start - 1, best_epoch):
+            stopped = " and stopped early" if start <= plan.epochs else ""
+            log(f"already trained to epoch {start - 1} (of {plan.epochs}){stopped}; best: {out / 'best.pt'}")
             return TrainResult(out, best_epoch, best_auc, start - 1, history, plan.epochs)
     out.mkdir(parents=True, exist_ok=True)
     if cache and start <= config.epochs:
@@ -362,7 +364,8 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
         plan.budget_s = max(plan.budget_s - (clock - started), 0.0)
     spent = sum(float(r.get("seconds", 0.0)) for r in history)  # earlier sessions of a resumed run
     epoch = start - 1
-    while plan.another_fits(spent + time.perf_counter() - clock, _mean_epoch(history), epoch):
+    while (not _out_of_patience(config.patience, epoch, best_epoch)
+           and plan.another_fits(spent + time.perf_counter() - clock, _mean_epoch(history), epoch)):
         epoch += 1
         t0 = time.perf_counter()
         epoch_seed = config.seed * 100_003 + epoch
@@ -446,9 +449,17 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
             f"val macro AUC {val_auc:.4f}{' (best)' if improved else ''}, {row['seconds']:.1f} s")
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
-    if epoch < plan.epochs and config.budget_s is not None:
+    if epoch < plan.epochs and _out_of_patience(config.patience, epoch, best_epoch):
+        log(f"stopped early after epoch {epoch} of {plan.epochs}: no better validation AUC for {config.patience} "
+            f"epochs (best: epoch {best_epoch})")
+    elif epoch < plan.epochs and config.budget_s is not None:
         log(f"stopped after epoch {epoch} of {plan.epochs}: the next one would exceed the {config.budget_s:.0f} s budget")
     return TrainResult(out, best_epoch, best_auc, epoch, history, plan.epochs)
+
+
+def _out_of_patience(patience: int | None, epoch: int, best_epoch: int) -> bool:
+    """Early stopping: ``patience`` epochs have passed since the best one (never before the first)."""
+    return bool(patience) and epoch > 0 and epoch - best_epoch >= int(patience)
 
 
 def _mean_epoch(history: Sequence[dict[str, Any]]) -> float:
