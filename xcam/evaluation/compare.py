@@ -13,7 +13,6 @@ when its interval excludes 0 (AFP: lower is better).
 from __future__ import annotations
 
 import re
-
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
