@@ -28,7 +28,7 @@ the imputation avoids.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -130,10 +130,11 @@ class FastLinearImputer:
 
 
 def perturbed_copies(image: np.ndarray, cam: np.ndarray, percentiles: Sequence[int] = DEFAULT_PERCENTILES,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, imputer: Callable[..., Any] | None = None) -> np.ndarray:
     """``[2·P, 1, S, S]``: the MoRF copies (one per percentile), then the LeRF copies, of ``image``
     ``[1, S, S]`` under the map ``cam`` ``[S, S]`` (same grid): pytorch-grad-cam's ROAD perturbations
-    (its masks, its imputation as computed by :class:`FastLinearImputer`)."""
+    (its masks, its imputation as computed by :class:`FastLinearImputer`, or by the class ``imputer``,
+    called with ``noise=``: the benchmark passes the library's ``NoisyLinearImputer``)."""
     import torch
     from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
 
@@ -143,13 +144,13 @@ def perturbed_copies(image: np.ndarray, cam: np.ndarray, percentiles: Sequence[i
     if x.ndim != 3 or tuple(np.shape(cam)) != tuple(x.shape[-2:]):
         raise ValueError(f"image {tuple(x.shape)} and map {tuple(np.shape(cam))} do not match")
     span = float(x.max() - x.min())
-    imputer = FastLinearImputer(noise=NOISE_FRACTION * (span if span > 0 else 1.0))
+    impute = (imputer or FastLinearImputer)(noise=NOISE_FRACTION * (span if span > 0 else 1.0))
     mask = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))
     out = []
     with seeded(seed):  # the imputer's noise comes from torch's global generator
         for remove in (RemoveMostRelevantFirst, RemoveLeastRelevantFirst):
             for p in percentiles:
-                out.append(remove(int(p), imputer)(x, mask).numpy())
+                out.append(remove(int(p), impute)(x, mask).numpy())
     return np.stack(out).astype(np.float32)
 
 
