@@ -188,3 +188,30 @@ def test_models_lists_variants_and_local_weights(pm, tmp_path):
     assert by_variant["resnet50-res512-all"]["local"] and by_variant["resnet50-res512-all"]["input_size"] == 512
     assert by_variant["densenet121-res224-nih"]["local"] is None
     assert "Hernia" in by_variant["densenet121-res224-nih"]["labels"]
+
+
+def _tutorial_blocks(language: str) -> list[str]:
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "plugin-tutorial.md").read_text(encoding="utf-8")
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_plugin_tutorial_shows_the_example_package():
+    """The tutorial's pyproject.toml is the example package's, and its Python files define the same
+    top-level names as the example's (which only adds docstrings and type hints)."""
+    import ast
+
+    (toml,) = _tutorial_blocks("toml")
+    assert toml.strip() == (EXAMPLE / "pyproject.toml").read_text(encoding="utf-8").strip()
+
+    def names(source: str) -> set[str]:
+        tree = ast.parse(source)
+        found = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        found |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        return found
+
+    shown = {block.splitlines()[0].removeprefix("# ").strip(): block for block in _tutorial_blocks("python")}
+    for path in ("src/xcam_tinycnn/network.py", "src/xcam_tinycnn/plugin.py", "src/xcam_tinycnn/test_contract.py"):
+        assert path in shown, f"the tutorial does not show {path}"
+        assert names(shown[path]) == names((EXAMPLE / path).read_text(encoding="utf-8")), path
