@@ -114,6 +114,10 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path, random_weights):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and str(tmp_path / bad) in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
+    debug = subprocess.run([sys.executable, "-m", "xcam.cli", "--debug", "classify", "--input", str(tmp_path / "empty.png")],
+                           capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr  # --debug shows where it failed
+    assert debug.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'empty.png'}")
 
 
 def test_equalized_preprocessing_ignores_brightness_contrast_and_gamma():

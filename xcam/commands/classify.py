@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 
 import click
 
@@ -62,6 +63,8 @@ def classify(inputs, model, weights, threshold, backend, device, weights_dir, ac
         try:
             image = load_image(path)
         except XcamError as exc:
+            if (click.get_current_context().obj or {}).get("debug"):
+                traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             failures += 1
             results.append({"image": path, "status": "error", "error": str(exc)})
