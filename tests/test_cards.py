@@ -65,6 +65,22 @@ def test_card_of_a_present_file_has_its_sha256_and_is_written(xcam_cli, random_w
     assert code == 2 and "--output and --metrics need --card" in err
 
 
+def test_no_card_for_a_file_that_is_not_a_checkpoint(xcam_cli, tmp_path: Path, monkeypatch):
+    """A card states facts read from the checkpoint, so a file that is not one gets an error, not a card."""
+    junk = tmp_path / "junk.pt"
+    junk.write_text("garbage")
+    code, out, err = xcam_cli("models", "--card", f"mobilenetv3:{junk}", "--output", str(tmp_path / "card"))
+    assert code == 2 and out == "" and err.strip() == (
+        f"error: {junk}: not an `xcam train` checkpoint (it must load with torch.load(weights_only=True) as a dict "
+        "holding 'model_state'): no card for it")
+    assert not (tmp_path / "card.md").exists() and not (tmp_path / "card.json").exists()
+    other = tmp_path / "weights.bin"
+    other.write_text("x")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = xcam_cli("models", "--card", f"mobilenetv3:{other.name}")
+    assert code == 2 and f"({other.name} is a file: name a checkpoint with a path, e.g. ./{other.name}" in err
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """One epoch of ``xcam train``'s loop on 24 small phantoms."""

@@ -249,6 +249,9 @@ def build_card(registration: "ClassifierRegistration", variant: str | None = Non
     sha = weights_sha256 or (_sha256(local) if hash_file and local is not None and local.is_file() else None)
     training = read_checkpoint_card(local) if local is not None and local.is_file() and (
         is_checkpoint or registration.name == "mobilenetv3") else None
+    if is_checkpoint and self_trained and training is None and weights_path is None and local is not None:
+        raise UsageError(f"{local}: not an `xcam train` checkpoint (it must load with torch.load(weights_only=True) "
+                         f"as a dict holding 'model_state'): no card for it")
     labels = [label for label in (training or {}).get("labels", labels_all) if label]
     size = int((training or {}).get("img_size") or registration.input_size)
     limitations = list(COMMON_LIMITATIONS)

@@ -89,7 +89,11 @@ class ClassifierRegistration:
         if len(matches) == 1:
             return matches[0]
         valid = ", ".join(v.name for v in self.variants)
-        raise PluginError(f"classifier {self.name!r} has no weights {name!r}; valid: {valid}")
+        from pathlib import Path
+
+        hint = (f" ({name} is a file: name a checkpoint with a path, e.g. ./{name}, or a .pt/.pth/.ckpt suffix)"
+                if Path(name).is_file() else "")
+        raise PluginError(f"classifier {self.name!r} has no weights {name!r}; valid: {valid}{hint}")
 
     def variant_labels(self, variant: WeightVariant) -> tuple[str, ...]:
         return variant.labels if variant.labels is not None else self.labels
