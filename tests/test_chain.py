@@ -95,7 +95,7 @@ def test_default_profile_is_the_measured_best(pm):
 def test_profiles_from_plugins_toml_extend_and_are_checked(tmp_path):
     path = tmp_path / "plugins.toml"
     path.write_text('[defaults]\nprofile = "mine"\n'
-                    '[profiles.mine]\nextends = "fast"\nmask_extractor = "otsu"\n'
+                    '[profiles.mine]\nextends = "fast"\nmask_extractor = "otsu"\nbbox_strategy = "components"\n'
                     '[profiles.mine.strategy_options]\nmin_area = 0.02\n'
                     '[profiles.mine.classifiers.densenet121]\ncam_method = "gradcam++"\n')
     pm = get_plugin_manager(load_config(path), entrypoints=False)

@@ -388,3 +388,121 @@ def test_bbox_consolidated_mask_uses_the_consolidated_names(tmp_path: Path, pm, 
     report = json.loads((tmp_path / "Mass_consolidated_bbox.json").read_text())
     assert report["pathology"] == "Mass" and report["box"]["x"] == 20
     assert (tmp_path / "Mass_consolidated_bbox.png").is_file()
+
+
+# -- option checks: keys from the plugin's signature, ranges from the plugin's check_options ------------
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"mask_options": {"nosuch": 1}},
+         "--mask-option: unknown option 'nosuch' for mask extractor 'threshold'; valid: threshold"),
+        ({"strategy_options": {"foo": "bar"}},
+         "--strategy-option: unknown option 'foo' for bbox strategy 'largest'; valid: score, connectivity"),
+        ({"strategy_options": {"": 3}}, "--strategy-option: empty option name for bbox strategy 'largest'"),
+        ({"mask_options": {"threshold": 5}}, "threshold must be a number in [0, 1], got 5"),
+        ({"mask_options": {"threshold": -1}}, "threshold must be a number in [0, 1], got -1"),
+        ({"mask": "percentile", "mask_options": {"percent": 500}}, "percent must be a number in [0, 100], got 500"),
+        ({"mask": "percentile", "mask_options": {"percent": -5}}, "percent must be a number in [0, 100], got -5"),
+        ({"mask": "legacy-red", "mask_options": {"level": 1.5}}, "level must be an integer in [0, 255]"),
+        ({"mask": "otsu", "mask_options": {"threshold": 0.3}}, "valid: (it takes no options)"),
+        ({"strategy": "components", "strategy_options": {"min_area": float("nan")}}, "min_area must be a number"),
+        ({"strategy": "components", "strategy_options": {"max_boxes": 0}}, "max_boxes must be an integer >= 1"),
+        ({"strategy_options": {"score": "median"}}, "score must be 'mean' or 'max'"),
+        ({"strategy_options": {"connectivity": 6}}, "connectivity must be 4 or 8"),
+    ],
+)
+def test_bad_mask_and_strategy_options_fail_before_models_load(pm, over, fragment) -> None:
+    from xcam.chain.settings import Overrides, resolve_settings
+
+    with pytest.raises(UsageError) as info:
+        resolve_settings(pm, None, Overrides(**over))
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_good_options_and_other_extractors_keep_working(pm) -> None:
+    from xcam.chain.settings import Overrides, resolve_settings
+
+    assert resolve_settings(pm, None, Overrides(mask="otsu")).mask == "otsu"  # default's threshold=0.5 not for it
+    s = resolve_settings(pm, None, Overrides(mask="percentile", mask_options={"percent": 0},
+                                             strategy="components",
+                                             strategy_options={"min_area": 0, "max_boxes": 2, "score": "max"}))
+    assert s.mask_options["percent"] == 0 and s.strategy_options["max_boxes"] == 2
+    with pytest.raises(ValueError, match="threshold must be"):  # the Python API checks too
+        mask_extractors.threshold_mask(hot_spot_cam(), threshold=5)
+    with pytest.raises(ValueError, match="max_boxes must be"):
+        bbox_strategies.component_boxes(np.ones((4, 4), bool), max_boxes=-3)
+
+
+def test_profile_and_plugin_table_options_are_checked(tmp_path: Path) -> None:
+    from xcam.chain.settings import resolve_settings
+    from xcam.core.config import load_config
+    from xcam.core.manager import get_plugin_manager
+
+    path = tmp_path / "plugins.toml"
+    path.write_text('[profiles.p]\nextends = "default"\nmask_extractor = "percentile"\n'
+                    '[profiles.p.mask_options]\npercent = 500\n')
+    pm = get_plugin_manager(load_config(path), entrypoints=False)
+    with pytest.raises(UsageError, match=r"plugins.toml: \[profiles.p\] mask_options: mask extractor 'percentile': "
+                                         r"percent must be a number in \[0, 100\], got 500"):
+        resolve_settings(pm, "p")
+    path.write_text('[profiles.p]\nbbox_strategy = "components"\n[profiles.p.strategy_options]\nmin_areaa = 1\n')
+    pm = get_plugin_manager(load_config(path), entrypoints=False)
+    with pytest.raises(UsageError, match=r"\[profiles.p\] strategy_options: unknown option 'min_areaa' for bbox "
+                                         r"strategy 'components'; valid: score, min_area, max_boxes, connectivity"):
+        resolve_settings(pm, "p")
+    path.write_text('[options.largest]\nnosuch = 1\n')
+    pm = get_plugin_manager(load_config(path), entrypoints=False)
+    with pytest.raises(UsageError, match=r"\[options.largest\]: unknown option 'nosuch'"):
+        resolve_settings(pm)
+    path.write_text('[profiles.default]\nmask_extractor = "otsu"\n')  # the built-in threshold=0.5 was for threshold
+    pm = get_plugin_manager(load_config(path), entrypoints=False)
+    assert resolve_settings(pm).mask == "otsu"
+
+
+def test_third_party_option_keys_come_from_the_signature(pm) -> None:
+    from xcam.chain.settings import Overrides, resolve_settings
+    from xcam.core.hookspecs import hookimpl
+    from xcam.core.types import BboxStrategyRegistration, MaskExtractorRegistration
+
+    def strict(cam, level=0.5):
+        return cam >= level
+
+    def anything(mask, cam=None, **options):
+        return []
+
+    class ThirdParty:
+        @hookimpl
+        def xcam_mask_extractors(self):
+            yield MaskExtractorRegistration(name="strict", extract=strict)
+
+        @hookimpl
+        def xcam_bbox_strategies(self):
+            yield BboxStrategyRegistration(name="anything", boxes=anything)
+
+    pm.load_object(ThirdParty(), name="third-party")
+    with pytest.raises(UsageError, match="unknown option 'levle' for mask extractor 'strict'; valid: level"):
+        resolve_settings(pm, None, Overrides(mask="strict", mask_options={"levle": 1}))
+    s = resolve_settings(pm, None, Overrides(mask="strict", mask_options={"level": 7}, strategy="anything",
+                                             strategy_options={"whatever": 1}))  # **options: any key
+    assert s.mask_options["level"] == 7 and s.strategy_options == {"whatever": 1}
+    with pytest.raises(UsageError, match="empty option name"):
+        resolve_settings(pm, None, Overrides(strategy="anything", strategy_options={" ": 1}))
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--strategy", "components", "--min-area", "-1"], "--min-area: bbox strategy 'components': min_area must"),
+        (["--strategy", "components", "--min-area", "nan"], "min_area must be a number >= 0"),
+        (["--strategy", "components", "--max-boxes", "0"], "--max-boxes: bbox strategy 'components': max_boxes"),
+        (["--strategy", "components", "--max-boxes", "-3"], "max_boxes must be an integer >= 1, got -3"),
+        (["--strategy", "components", "--strategy-option", "=3"], "--strategy-option: empty option name"),
+        (["--strategy-option", "foo=bar"], "unknown option 'foo' for bbox strategy 'largest'"),
+        (["--min-area", "5"], "--min-area: unknown option 'min_area' for bbox strategy 'largest'"),
+    ],
+)
+def test_bbox_bad_strategy_options_one_line(tmp_path: Path, pm, monkeypatch, capsys, extra, fragment) -> None:
+    mask_path = make_case(tmp_path)
+    code, _, err = run_cli(["bbox", "--input-mask", str(mask_path), *extra], pm, monkeypatch, capsys)
+    assert code != 0 and fragment in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

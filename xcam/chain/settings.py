@@ -16,7 +16,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from xcam.core.errors import UsageError, XcamError
 
@@ -32,6 +32,8 @@ CAM_KEYS = ("cam_method", "cam_layers", "aug_smooth", "eigen_smooth", "cam_optio
 PROFILE_KEYS = (*CAM_KEYS, "mask_extractor", "mask_options", "bbox_strategy", "strategy_options", "ensembler",
                 "work_size", "description", "extends", "classifiers")
 WORK_SIZES = ("model", "full")
+STRING_KEYS = ("cam_method", "mask_extractor", "bbox_strategy", "ensembler", "description", "extends")
+"""Profile keys whose value must be a string."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def available_profiles(config: "XcamConfig") -> dict[str, dict[str, Any]]:
     for name, table in config.profiles.items():
         base = profiles.get(name, {})
         merged = {**base, **table}
-        if "classifiers" in base or "classifiers" in table:
+        if isinstance(base.get("classifiers", {}), Mapping) and isinstance(table.get("classifiers", {}), Mapping) \
+                and ("classifiers" in base or "classifiers" in table):  # else _flatten reports it
             merged["classifiers"] = {**base.get("classifiers", {}), **table.get("classifiers", {})}
         profiles[name] = merged
     return profiles
@@ -152,9 +155,14 @@ def _flatten(profiles: Mapping[str, Mapping[str, Any]], name: str, config: "Xcam
         current = str(parent) if parent is not None else None
     flat: dict[str, Any] = {}
     classifiers: dict[str, dict[str, Any]] = {}
-    for table in reversed(chain):
+    for pname, table in zip(reversed(seen), reversed(chain)):
         for key, value in table.items():
+            if key in STRING_KEYS and not isinstance(value, str):
+                raise XcamError(f"{_where(config, pname)}: {key} must be a string, not {value!r}")
             if key == "classifiers":
+                if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+                    raise XcamError(f"{_where(config, pname)}: classifiers must be tables "
+                                    f"([profiles.{pname}.classifiers.CLASSIFIER]), not {value!r}")
                 for clf, over in dict(value).items():
                     classifiers.setdefault(clf, {}).update(dict(over))
             elif key != "extends":
@@ -303,10 +311,110 @@ def resolve_settings(pm: "XcamPluginManager", profile: str | None = None, overri
         settings = apply_overrides(settings, overrides)
     for cam in (settings.cam, *settings.per_classifier.values()):
         pm.cam_method(cam.method)
-    pm.mask_extractor(settings.mask)
-    pm.bbox_strategy(settings.strategy)
+    extractor = pm.mask_extractor(settings.mask)
+    strategy = pm.bbox_strategy(settings.strategy)
     pm.ensembler(settings.ensembler)
+    check_profile_options(pm, settings.profile)
+    config = pm.config
+    for kind, reg in ((MASK_KIND, extractor), (STRATEGY_KIND, strategy)):
+        if reg.name in config.options:
+            check_plugin_options(kind, reg, config.options[reg.name], f"{config.path}: [options.{reg.name}]")
+    if overrides is not None:
+        check_plugin_options(MASK_KIND, extractor, overrides.mask_options or {}, "--mask-option")
+        check_plugin_options(STRATEGY_KIND, strategy, overrides.strategy_options or {}, "--strategy-option")
     return settings
+
+
+# -- mask extractor / bbox strategy options -------------------------------------------------------
+MASK_KIND = "mask extractor"
+STRATEGY_KIND = "bbox strategy"
+OPTION_CHECK_ATTR = "check_options"
+"""A plugin callable may carry ``fn.check_options(options: Mapping) -> None`` that raises
+``ValueError`` (or an :class:`XcamError`) for an out-of-range value of its own options; the
+built-in extractors and strategies do."""
+_DATA_ARGUMENTS: dict[str, tuple[str, ...]] = {MASK_KIND: (), STRATEGY_KIND: ("cam",)}
+"""Keyword arguments the chain passes itself (besides the first positional one): not options."""
+
+
+def _plugin_callable(kind: str, registration: Any) -> Callable[..., Any]:
+    return registration.extract if kind == MASK_KIND else registration.boxes
+
+
+def accepted_option_keys(kind: str, fn: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The option names ``fn`` (a mask extractor's ``extract`` or a strategy's ``boxes``) accepts:
+    its keyword parameters after the first (the CAM / the mask), less those the chain passes
+    itself. ``None`` (any name) when it takes ``**kwargs`` under a name other than ``_`` or has
+    no readable signature; ``**_`` means "other names are ignored", so only the named ones count."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD and p.name != "_" for p in params):
+        return None
+    P = inspect.Parameter
+    positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    first = positional[0].name if positional else None  # the CAM / the mask
+    return tuple(p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)
+                 and p.name != first and p.name not in _DATA_ARGUMENTS[kind])
+
+
+def check_plugin_options(kind: str, registration: Any, options: Mapping[str, Any], where: str) -> None:
+    """One-line :class:`UsageError` naming ``where`` when ``options`` has an empty or unknown key
+    for the plugin (keys from :func:`accepted_option_keys`) or a value its ``check_options`` rejects."""
+    if not options:
+        return
+    name = registration.name
+    fn = _plugin_callable(kind, registration)
+    for key in options:
+        if not isinstance(key, str) or not key.strip():
+            raise UsageError(f"{where}: empty option name for {kind} {name!r}")
+    keys = accepted_option_keys(kind, fn)
+    if keys is not None:
+        unknown = [k for k in options if k not in keys]
+        if unknown:
+            valid = ", ".join(keys) if keys else "(it takes no options)"
+            raise UsageError(f"{where}: unknown option {unknown[0]!r} for {kind} {name!r}; valid: {valid}")
+    check = getattr(fn, OPTION_CHECK_ATTR, None)
+    if callable(check):
+        try:
+            check(options)
+        except (ValueError, TypeError, XcamError) as exc:
+            raise UsageError(f"{where}: {kind} {name!r}: {exc}") from None
+
+
+def check_profile_options(pm: "XcamPluginManager", name: str) -> None:
+    """Check every ``mask_options`` / ``strategy_options`` table of profile ``name`` and its
+    ``extends`` chain against the extractor / strategy in effect where the table is written
+    (built-in table first, then the one of plugins.toml merged over it)."""
+    from xcam.core.errors import PluginError
+
+    config = pm.config
+    builtin = builtin_profiles()
+    chain: list[str] = []
+    current: str | None = name
+    merged = available_profiles(config)
+    while current is not None and current in merged and current not in chain:  # _flatten checked the chain
+        chain.append(current)
+        parent = merged[current].get("extends")
+        current = str(parent) if parent is not None else None
+    plugin = {MASK_KIND: "threshold", STRATEGY_KIND: "largest"}
+    tables = {MASK_KIND: ("mask_extractor", "mask_options"), STRATEGY_KIND: ("bbox_strategy", "strategy_options")}
+    for pname in reversed(chain):
+        for source, table in ((BUILTIN_PROFILES, builtin.get(pname)), (config.path, config.profiles.get(pname))):
+            if not table:
+                continue
+            for kind, (plugin_key, options_key) in tables.items():
+                plugin[kind] = str(table.get(plugin_key, plugin[kind]))
+                options = table.get(options_key)
+                if not isinstance(options, Mapping) or not options:
+                    continue
+                try:
+                    reg = pm.mask_extractor(plugin[kind]) if kind == MASK_KIND else pm.bbox_strategy(plugin[kind])
+                except PluginError:
+                    continue  # a plugin the final settings do not use (the one used is checked by name)
+                check_plugin_options(kind, reg, options, f"{source}: [profiles.{pname}] {options_key}")
 
 
 def plugin_options(pm: "XcamPluginManager", name: str, *layers: Mapping[str, Any] | None) -> dict[str, Any]:

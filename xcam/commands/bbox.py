@@ -276,9 +276,12 @@ def bbox(
     output_dir: str | None,
 ) -> None:
     """Boxes of a binary mask (the recorded ones when nothing changes them), with metrics."""
+    from dataclasses import replace
+
     from xcam.chain.localize import Localizer
     from xcam.chain.outputs import INPUT_IMAGE_NAME, METADATA_NAME, box_items, box_legend, box_report, load_cam, \
         read_box_json
+    from xcam.chain.settings import STRATEGY_KIND, check_plugin_options
     from xcam.commands._common import chain_settings, parse_key_values, plugin_manager
     from xcam.core.jsonio import read_json, write_json
     from xcam.core.labels import same_label
@@ -307,9 +310,14 @@ def bbox(
     check_same_aspect(mask.shape, (height, width), f"{mask_path} and {where}")
 
     options = parse_key_values(strategy_option, "--strategy-option")
-    options.update({k: v for k, v in (("min_area", min_area), ("max_boxes", max_boxes)) if v is not None})
     pm = plugin_manager()
-    settings = chain_settings(profile, strategy=strategy, strategy_options=options)  # checks the names
+    settings = chain_settings(profile, strategy=strategy, strategy_options=options)  # checks names and options
+    flags = {k: v for k, v in (("min_area", min_area), ("max_boxes", max_boxes)) if v is not None}
+    if flags:  # --min-area / --max-boxes: strategy options too, checked under their own names
+        check_plugin_options(STRATEGY_KIND, pm.bbox_strategy(settings.strategy), flags,
+                             " / ".join(f"--{k.replace('_', '-')}" for k in flags))
+        options.update(flags)
+        settings = replace(settings, strategy_options={**settings.strategy_options, **flags})
     explicit = profile is not None or strategy is not None or bool(options)
     reuse = stored is not None and bool(stored.strategy) and (
         not explicit or reuse_recorded(pm, settings, stored, recorded_strategy_options(folder, record), bool(options)))

@@ -77,35 +77,74 @@ def find_config_file(explicit: str | Path | None = None) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+def _got(value: Any) -> str:
+    """``(got ...)`` text for a wrong value: its TOML kind and the value, shortened."""
+    kinds = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+    kind = next((k for t, k in kinds.items() if isinstance(value, t)), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _must(file: Path, where: str, ok: bool, what: str, value: Any) -> None:
+    """``XcamError`` ``FILE: where: must be WHAT (got ...)`` unless ``ok``."""
+    if not ok:
+        raise XcamError(f"{file}: {where}: must be {what} (got {_got(value)})")
+
+
+def _string_list(file: Path, where: str, value: Any) -> frozenset[str]:
+    _must(file, where, isinstance(value, list) and all(isinstance(v, str) for v in value),
+          "an array of strings", value)
+    return frozenset(value)
+
+
 def load_config(path: str | Path | None = None) -> XcamConfig:
-    """Load the config (see module docstring for the search order and format)."""
+    """Load the config (see module docstring for the search order and format); every documented
+    table and key is type-checked here, so a malformed file is one line naming it and the key."""
     file = find_config_file(path)
     if file is None:
         return XcamConfig()
     try:
-        data = tomllib.loads(file.read_text())
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise XcamError(f"{file}: config file not found") from None
+    except UnicodeDecodeError:
+        raise XcamError(f"{file}: not a UTF-8 text file (a TOML config is expected)") from None
+    except OSError as exc:
+        raise XcamError(f"{file}: cannot read the config file ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise XcamError(f"{file}: invalid TOML ({exc})") from None
+    for section in ("plugins", "defaults", "options", "profiles"):
+        _must(file, f"[{section}]", isinstance(data.get(section, {}), dict), "a table", data.get(section))
+
     plugins = data.get("plugins", {})
-    enabled = plugins.get("enabled")
-    defaults = dict(BUILTIN_DEFAULTS)
-    given = {k: str(v) for k, v in data.get("defaults", {}).items()}
-    unknown = set(given) - set(BUILTIN_DEFAULTS) - set(PROFILE_OVERRIDE_KEYS)
+    unknown = sorted(set(plugins) - {"disabled", "enabled"})
+    if unknown:
+        raise XcamError(f"{file}: unknown [plugins] keys {unknown}; valid: ['disabled', 'enabled']")
+    disabled = _string_list(file, "[plugins] disabled", plugins.get("disabled", []))
+    enabled = _string_list(file, "[plugins] enabled", plugins["enabled"]) if "enabled" in plugins else None
+
+    given = dict(data.get("defaults", {}))
+    unknown = sorted(set(given) - set(BUILTIN_DEFAULTS) - set(PROFILE_OVERRIDE_KEYS))
     if unknown:
         valid = sorted(set(BUILTIN_DEFAULTS) | set(PROFILE_OVERRIDE_KEYS))
-        raise XcamError(f"{file}: unknown [defaults] keys {sorted(unknown)}; valid: {valid}")
+        raise XcamError(f"{file}: unknown [defaults] keys {unknown}; valid: {valid}")
+    for key, value in given.items():
+        _must(file, f"[defaults] {key}", isinstance(value, str) and bool(value.strip()), "a non-empty string", value)
+    defaults = dict(BUILTIN_DEFAULTS)
     defaults.update({k: v for k, v in given.items() if k in BUILTIN_DEFAULTS})
+
+    options = data.get("options", {})
+    for name, table in options.items():
+        _must(file, f"[options] {name}", isinstance(table, dict), "a table ([options.NAME])", table)
     profiles = data.get("profiles", {})
-    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
-        raise XcamError(f"{file}: [profiles.NAME] must be tables")
+    for name, table in profiles.items():
+        _must(file, f"[profiles] {name}", isinstance(table, dict), "a table ([profiles.NAME])", table)
     return XcamConfig(
         path=file,
-        disabled=frozenset(plugins.get("disabled", [])),
-        enabled=frozenset(enabled) if enabled is not None else None,
+        disabled=disabled,
+        enabled=enabled,
         defaults=defaults,
-        options={k: dict(v) for k, v in data.get("options", {}).items()},
+        options={k: dict(v) for k, v in options.items()},
         profiles={k: dict(v) for k, v in profiles.items()},
         overrides={k: v for k, v in given.items() if k in PROFILE_OVERRIDE_KEYS},
     )

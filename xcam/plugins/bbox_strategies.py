@@ -8,6 +8,9 @@ Score of a box (all strategies): with a ``cam`` of the mask's shape, the ``mean`
 ``max`` (``score="max"``) CAM value over the component's pixels; without one, the component's
 area as a fraction of the image. An empty mask gives ``[]``.
 
+Each strategy checks its options (``boxes.check_options``, which the settings also run before any
+model loads): ``score`` ``mean``/``max``, ``connectivity`` 4/8, ``min_area ≥ 0``, ``max_boxes ≥ 1``.
+
 * ``tight``      — one box around every mask pixel.
 * ``largest``    — the largest connected component (ties: the first in raster order).
 * ``components`` — every component with area ``≥ min_area`` (a fraction of the image when ``< 1``,
@@ -16,13 +19,49 @@ area as a fraction of the image. An empty mask gives ``[]``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+import math
+import numbers
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from xcam.core.hookspecs import hookimpl
 from xcam.core.types import BboxStrategyRegistration, ScoredBox
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+
+
+def check_box_options(options: Mapping[str, Any]) -> None:
+    """``ValueError`` for a bad ``score`` (``mean``/``max``) or ``connectivity`` (4/8)."""
+    if "score" in options and options["score"] not in ("mean", "max"):
+        raise ValueError(f"score must be 'mean' or 'max', got {options['score']!r}")
+    if "connectivity" in options and (isinstance(options["connectivity"], bool)
+                                      or options["connectivity"] not in (4, 8)):
+        raise ValueError(f"connectivity must be 4 or 8, got {options['connectivity']!r}")
+
+
+def check_component_options(options: Mapping[str, Any]) -> None:
+    """:func:`check_box_options`, and ``min_area`` a finite number ``≥ 0`` (a fraction of the image
+    when ``< 1``, else pixels), ``max_boxes`` an integer ``≥ 1`` (``None``: no limit)."""
+    check_box_options(options)
+    if "min_area" in options:
+        value = options["min_area"]
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                and value >= 0):
+            raise ValueError(f"min_area must be a number >= 0 (a fraction < 1 or pixels), got {value!r}")
+    if options.get("max_boxes") is not None:
+        value = options["max_boxes"]
+        if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"max_boxes must be an integer >= 1, got {value!r}")
+
+
+def _checked(check: Callable[[Mapping[str, Any]], None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Attach ``check`` as the strategy's ``check_options`` (see :mod:`xcam.chain.settings`)."""
+
+    def attach(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.check_options = check  # type: ignore[attr-defined]
+        return fn
+
+    return attach
 
 
 def _as_mask(mask: Any) -> "np.ndarray":
@@ -75,10 +114,12 @@ def _box(stat: Any, score: float) -> ScoredBox:
     return ScoredBox(x=x, y=y, width=w, height=h, score=score)
 
 
+@_checked(check_box_options)
 def tight_box(mask: Any, cam: Any = None, score: str = "mean", **_: Any) -> list[ScoredBox]:
     """One box around all mask pixels."""
     import numpy as np
 
+    check_box_options({"score": score})
     m = _as_mask(mask)
     _check_cam(m, cam)
     ys, xs = np.nonzero(m)
@@ -88,10 +129,12 @@ def tight_box(mask: Any, cam: Any = None, score: str = "mean", **_: Any) -> list
     return [_box(stat, _score(m, cam, m.size, score))]
 
 
+@_checked(check_box_options)
 def largest_box(mask: Any, cam: Any = None, score: str = "mean", connectivity: int = 8, **_: Any) -> list[ScoredBox]:
     """The box of the largest connected component."""
     import numpy as np
 
+    check_box_options({"score": score, "connectivity": connectivity})
     m = _as_mask(mask)
     _check_cam(m, cam)
     if not m.any():
@@ -103,6 +146,7 @@ def largest_box(mask: Any, cam: Any = None, score: str = "mean", connectivity: i
     return [_box(stats[i], _score(labels == i + 1, cam, m.size, score))]
 
 
+@_checked(check_component_options)
 def component_boxes(
     mask: Any,
     cam: Any = None,
@@ -113,6 +157,8 @@ def component_boxes(
     **_: Any,
 ) -> list[ScoredBox]:
     """A box per component with area ``≥ min_area``, best score first, at most ``max_boxes``."""
+    check_component_options({"score": score, "min_area": min_area, "max_boxes": max_boxes,
+                             "connectivity": connectivity})
     m = _as_mask(mask)
     _check_cam(m, cam)
     if not m.any():
@@ -125,7 +171,7 @@ def component_boxes(
         if stat[4] >= min_pixels
     ]
     boxes.sort(key=lambda b: -b.score)  # stable: equal scores keep raster order
-    return boxes if max_boxes is None else boxes[: max(int(max_boxes), 0)]
+    return boxes if max_boxes is None else boxes[: int(max_boxes)]
 
 
 @hookimpl

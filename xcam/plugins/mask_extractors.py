@@ -1,6 +1,7 @@
 """Built-in mask extractors: float CAM in [0, 1] → boolean mask of the same shape.
 
-Each ``extract(cam, **options)`` first cleans the CAM (NaN → 0) and returns an empty mask for a
+Each ``extract(cam, **options)`` checks its options (``extract.check_options``, which the settings
+also run before any model loads: a value out of range is one line, not empty masks), then cleans the CAM (NaN → 0) and returns an empty mask for a
 constant or empty CAM (nothing stands out, so nothing is localized). NumPy, OpenCV and scikit-image
 are imported inside the functions so that ``xcam plugins`` stays fast.
 
@@ -15,14 +16,55 @@ are imported inside the functions so that ``xcam plugins`` stays fast.
 
 from __future__ import annotations
 
+import math
+import numbers
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from xcam.core.hookspecs import hookimpl
 from xcam.core.types import MaskExtractorRegistration
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+
+
+def _number_in(options: Mapping[str, Any], key: str, lo: float, hi: float, integer: bool = False) -> None:
+    """``ValueError`` unless ``options[key]`` (when given) is a finite number (an integer when
+    ``integer``) in ``[lo, hi]``."""
+    if key not in options:
+        return
+    value = options[key]
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok or not lo <= value <= hi:
+        what = "an integer" if integer else "a number"
+        raise ValueError(f"{key} must be {what} in [{lo:g}, {hi:g}], got {value!r}")
+
+
+def check_threshold_options(options: Mapping[str, Any]) -> None:
+    """``threshold`` in [0, 1]."""
+    _number_in(options, "threshold", 0.0, 1.0)
+
+
+def check_percentile_options(options: Mapping[str, Any]) -> None:
+    """``percent`` in [0, 100]."""
+    _number_in(options, "percent", 0.0, 100.0)
+
+
+def check_legacy_red_options(options: Mapping[str, Any]) -> None:
+    """``level`` an integer in [0, 255]."""
+    _number_in(options, "level", 0, 255, integer=True)
+
+
+def _checked(check: Callable[[Mapping[str, Any]], None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Attach ``check`` as the extractor's ``check_options`` (see :mod:`xcam.chain.settings`)."""
+
+    def attach(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.check_options = check  # type: ignore[attr-defined]
+        return fn
+
+    return attach
 
 
 def _clean(cam: Any) -> "np.ndarray | None":
@@ -48,10 +90,12 @@ def normalize_cam(cam: Any) -> "np.ndarray":
     return ((a - lo) / (a.max() - lo)).astype(np.float32)
 
 
+@_checked(check_threshold_options)
 def threshold_mask(cam: Any, threshold: float = 0.5, **_: Any) -> "np.ndarray":
     """``normalize(cam) ≥ threshold``."""
     import numpy as np
 
+    check_threshold_options({"threshold": threshold})
     a = _clean(cam)
     if a is None:
         return np.zeros(np.shape(cam), dtype=bool)
@@ -70,10 +114,12 @@ def otsu_mask(cam: Any, **_: Any) -> "np.ndarray":
     return a > threshold_otsu(a)
 
 
+@_checked(check_percentile_options)
 def percentile_mask(cam: Any, percent: float = 10.0, **_: Any) -> "np.ndarray":
     """The top ``percent`` % of the area: ``cam ≥ percentile(cam, 100 − percent)`` and ``cam > min``."""
     import numpy as np
 
+    check_percentile_options({"percent": percent})
     a = _clean(cam)
     if a is None:
         return np.zeros(np.shape(cam), dtype=bool)
@@ -96,10 +142,12 @@ def jet_red_lut() -> "np.ndarray":
     return lut
 
 
+@_checked(check_legacy_red_options)
 def legacy_red_mask(cam: Any, level: int = 127, **_: Any) -> "np.ndarray":
     """``jet_red_lut()[uint8(255 · clip(cam, 0, 1))] > level``: the ``_P2`` red channel ``> 127`` rule."""
     import numpy as np
 
+    check_legacy_red_options({"level": level})
     a = _clean(cam)
     if a is None:
         return np.zeros(np.shape(cam), dtype=bool)
