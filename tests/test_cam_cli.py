@@ -154,6 +154,70 @@ def test_analyze_missing_input_is_one_line(capsys, tmp_path):
     assert code == 2 and err.strip() == f"error: {tmp_path / 'nope'}: not found"
 
 
+def test_analyze_file_in_the_way_is_that_images_error_and_the_run_goes_on(capsys, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, name in enumerate(("a", "b", "c")):
+        write_image(folder / f"{name}.png", 160, 120, seed=i)
+    out = tmp_path / "OUTPUT"
+    out.mkdir()
+    (out / "a").write_text("")  # a file where image a's folder goes
+    code, stdout, err = run(capsys, "analyze", "--input", str(folder), "--models", "mobilenetv3", "--random-weights",
+                            "--target-class", "Mass", "--json-only", "--quiet", "--output-dir", str(out))
+    assert code == 1 and "Traceback" not in err
+    assert f"error: cannot write {out / 'a'}: a file is in the way" in err.splitlines()
+    assert "2 of 3 images analyzed" in stdout
+    summary = json.loads((out / "analyze_summary.json").read_text())
+    assert [i["status"] for i in summary["images"]] == ["error", "ok", "ok"]
+    assert summary["images"][0]["error"] == f"cannot write {out / 'a'}: a file is in the way"
+    assert (out / "b" / "analysis.json").is_file() and (out / "c" / "analysis.json").is_file()
+
+
+@pytest.mark.parametrize("option", ["--coco", "--output-dir"])
+def test_analyze_output_path_under_a_file_fails_before_any_work(capsys, tmp_path, option):
+    image = write_image(tmp_path / "x.png", 160, 120)
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "OUTPUT"
+    args = {"--coco": ["--coco", str(tmp_path / "afile" / "x.json"), "--output-dir", str(out)],
+            "--output-dir": ["--output-dir", str(tmp_path / "afile" / "o")]}[option]
+    code, stdout, err = run(capsys, "analyze", "--input", str(image), "--models", "mobilenetv3", "--random-weights",
+                            "--target-class", "Mass", "--json-only", *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {option} {tmp_path / 'afile'}/") and f"{tmp_path / 'afile'} is a file" in err
+    assert not out.exists() and "analyzed" not in stdout
+
+
+def test_analyze_negative_model_weights_fail_before_any_work(capsys, tmp_path):
+    image = write_image(tmp_path / "x.png", 160, 120)
+    out = tmp_path / "OUTPUT"
+    code, _, err = run(capsys, "analyze", "--input", str(image), "--models", "mobilenetv3,densenet121",
+                       "--random-weights", "--ensembler", "weighted", "--model-weights", "1,-1",
+                       "--output-dir", str(out))
+    assert code == 2 and err.strip() == "error: --model-weights '1,-1': weights must be non-negative with a positive sum"
+    assert not out.exists()
+
+
+def test_analyze_ground_truth_box_outside_its_image_is_reported_not_scored(capsys, tmp_path):
+    image = write_image(tmp_path / "x.png", 160, 120)
+    csv = tmp_path / "BBox_List_2017.csv"
+    csv.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                   "x.png,Mass,4600,20,30,30\n"  # far outside the 160x120 image
+                   "x.png,Nodule,120,90,41,31\n")  # overhangs by a pixel (rounding): clipped
+    out = tmp_path / "OUTPUT"
+    code, _, err = run(capsys, "analyze", "--input", str(image), "--models", "mobilenetv3", "--random-weights",
+                       "--target-class", "Mass", "--json-only", "--quiet", "--ground-truth-csv", str(csv),
+                       "--output-dir", str(out))
+    problem = (f"{csv}: ground-truth box Mass (x=4600, y=20, w=30, h=30) of x.png lies outside the 160x120 image; "
+               "not scored")
+    assert code == 1 and f"error: {problem}" in err.splitlines() and "Traceback" not in err
+    summary = json.loads((out / "analyze_summary.json").read_text())
+    assert summary["ground_truth_errors"] == 1 and summary["images"][0]["ground_truth_errors"] == [problem]
+    report = json.loads((out / "x" / "analysis.json").read_text())
+    assert report["ground_truth"] == [{"label": "Nodule", "box": [120.0, 90.0, 40.0, 30.0]}]
+    mass = next(f for f in report["models"][0]["findings"] if f["pathology"] == "Mass")
+    assert mass["ground_truth"] == [] and mass["metrics"] is None  # the bad box is not scored
+
+
 @pytest.mark.skipif(not (NIH / "images").is_dir(), reason=f"real NIH test data not found at {NIH}")
 def test_cam_on_real_nih_image(capsys, tmp_path):
     image = min((NIH / "images").glob("*.png"))

@@ -302,3 +302,45 @@ def test_unreadable_image_is_skipped_reported_and_recorded(phantom_set: Path, ra
     summary = json.loads((tmp_path / "eval" / "results.json").read_text())["summary"]
     assert list(summary["images"]["unreadable"]) == [names[0]]
     assert "unreadable: 1" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_box_outside_its_image_is_reported_and_not_scored(fresh_pm, phantom_set: Path, random_checkpoint: Path,
+                                                          tmp_path: Path):
+    from xcam.chain.settings import Overrides
+    from xcam.core.nih import read_boxes
+    from xcam.evaluation.run import EvalConfig, evaluate
+
+    lines = (phantom_set / "BBox_List_2017.csv").read_text().splitlines()
+    first, second = lines[1].split(","), lines[2].split(",")
+    first[2] = "4600"  # far outside the 128x128 phantom
+    second[2] = str(128 - float(second[4]) + 1)  # overhangs by a pixel (rounding): clipped, still scored
+    csv = tmp_path / "outside.csv"
+    csv.write_text("\n".join([lines[0], ",".join(first), ",".join(second), *lines[3:6]]) + "\n")  # few: fast
+    config = EvalConfig(imgpath=str(phantom_set / "images"), bbox_csv=str(csv), models=[f"mobilenetv3:{random_checkpoint}"],
+                        output=str(tmp_path / "eval"), progress=False, montage=0, bootstrap=0,
+                        overrides=Overrides(aug_smooth=False))
+    result = evaluate(config, fresh_pm)
+    n = len(read_boxes(csv))
+    problem = (f"{csv}: ground-truth box {first[1]} (x=4600, y={float(first[3]):g}, w={float(first[4]):g}, "
+               f"h={float(first[5]):g}) of {first[0]} lies outside the 128x128 image; not scored")
+    assert result.summary["boxes"] == {"in_csv": n, "evaluated": n - 1, "excluded": [problem]}
+    assert result.summary["mean"]["n_boxes"] == len(result.records) == n - 1
+    assert all(r.gt[0] < 128 for r in result.records)
+    clipped = [r.gt for r in result.records if r.image == second[0] and r.label == second[1]]
+    assert clipped and clipped[0][0] + clipped[0][2] == 128
+    assert "boxes outside their image (not scored): 1 of" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_evaluate_cli_rejects_bad_model_weights_and_outputs_before_work(capsys, phantom_set: Path,
+                                                                       random_checkpoint: Path, tmp_path: Path):
+    from conftest import run_xcam
+
+    (tmp_path / "afile").write_text("")
+    base = ["evaluate", "--imgpath", str(phantom_set / "images"), "--bbox-csv", str(phantom_set / "BBox_List_2017.csv"),
+            "--models", f"mobilenetv3:{random_checkpoint},densenet121", "--random-weights", "--bootstrap", "0"]
+    code, _, err = run_xcam(base + ["--model-weights", "1,-1", "--output", str(tmp_path / "eval")], capsys)
+    assert code == 2 and err.strip() == "error: --model-weights '1,-1': weights must be non-negative with a positive sum"
+    code, _, err = run_xcam(base + ["--output", str(tmp_path / "afile" / "eval")], capsys)
+    assert code == 2 and err.strip() == (f"error: --output {tmp_path / 'afile' / 'eval'}: cannot create it, "
+                                         f"{tmp_path / 'afile'} is a file")
+    assert not (tmp_path / "eval").exists()

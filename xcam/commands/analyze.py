@@ -66,6 +66,14 @@ def summary_line(path: str, analysis: "ImageResult") -> str:
     return f"{path}: " + " | ".join(parts)
 
 
+def write_problem(exc: OSError) -> str:
+    """One line for an output that could not be written: the path and the problem."""
+    path = exc.filename or "output"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return f"cannot write {path}: a file is in the way"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
 @click.command("analyze")
 @click.option("--input", "input_path", required=True, type=click.Path(), help="Image file or folder (searched recursively).")
 @click.option("--models", default=None, metavar="M[:WEIGHTS],...",
@@ -125,6 +133,8 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
     from xcam.core.progress import progress_bar, tqdm
     from xcam.core.weights import WeightsStore
     from xcam.core.nih import read_box_table
+    from xcam.chain.models import parse_models
+    from xcam.evaluation.preflight import check_output_dir, check_output_file, check_result_truth, parse_model_weights
 
     source = Path(input_path)
     if not source.exists():
@@ -133,6 +143,9 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
     if not files:
         raise UsageError(f"{source}: no images found (PNG, JPEG, TIFF, BMP or DICOM)")
     truth = read_box_table(ground_truth_csv) if ground_truth_csv else {}
+    check_output_dir(output_dir, "--output-dir")  # before any work: nothing may be in the way
+    if coco_file:
+        check_output_file(coco_file, "--coco")
 
     if threads is not None:
         import torch
@@ -147,6 +160,8 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
         if unknown:
             raise UsageError(f"--weights names models not in --models: {', '.join(unknown)}")
         models, weights = ",".join(f"{n}:{pairs[n]}" if n in pairs else n for n in names), None
+    n_models = len(parse_models(models, pm.classifier(None).name, weights))
+    ensemble_w = parse_model_weights(model_weights, n_models)  # before any model loads
     settings = settings_from_options(profile, method, cam_layers, aug_smooth, eigen_smooth, mask_name, mask_option,
                                      strategy, strategy_option, ensembler=ensembler)
     choice = ClassChoice(targets=split_names(target_classes), top_k=top_k, threshold=threshold, ground_truth=gt_classes)
@@ -158,14 +173,10 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
                             **failure_limits(fail_fast, max_plugin_failures))
     except ModuleNotFoundError as exc:
         raise XcamError(f"--backend {backend}: not available in this installation ({exc.name} missing)") from None
-    try:
-        ensemble_w = [float(v) for v in split_csv(model_weights)] if model_weights else None
-    except ValueError:
-        raise UsageError(f"--model-weights {model_weights!r}: expected comma-separated numbers") from None
     chain.settings = settings = with_model_weights(settings, ensemble_w, len(chain.models))
 
     out_root = Path(output_dir)
-    total, done, failures = Timings(), 0, []
+    total, done, failures, truth_errors = Timings(), 0, [], 0
     summary: list[dict[str, Any]] = []
     used: dict[str, int] = {}
     bar = progress_bar(len(files), "analyze", enabled=len(files) >= 2, unit="image")
@@ -186,21 +197,29 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
                 stem = result.stem
                 folder = stem if stem not in used else f"{stem}_{used[stem] + 1}"
                 used[stem] = used.get(stem, 0) + 1
-                write_result(result, out_root, render=render, arrays=not json_only, folder_name=folder,
-                             settings=settings.as_dict())
-                if dicom_out:  # a file that cannot get DICOM output fails here, on one line
-                    write_dicom(result, dicom_out, name=folder, digests=digests)
+                box_errors = check_result_truth(result, ground_truth_csv) if truth else []
+                try:
+                    write_result(result, out_root, render=render, arrays=not json_only, folder_name=folder,
+                                 settings=settings.as_dict())
+                    if dicom_out:  # a file that cannot get DICOM output fails here, on one line
+                        write_dicom(result, dicom_out, name=folder, digests=digests)
+                except OSError as exc:  # a file in the way, a full disk: this image's error, not the run's
+                    raise XcamError(write_problem(exc)) from None
             except XcamError as exc:
                 failures.append(result.path)
                 summary.append({"image": result.path, "status": "error", "error": str(exc)})
                 tqdm.write(f"error: {exc}", file=sys.stderr)
                 continue
             done += 1
+            for problem in box_errors:
+                tqdm.write(f"error: {problem}", file=sys.stderr)
+            truth_errors += len(box_errors)
             if coco is not None:
                 coco.add_result(result, ground_truth=bool(truth))
             total.add(result.timings)
             summary.append({"image": result.path, "status": "ok", "folder": str(out_root / folder),
-                            "seconds": dict(result.timings.seconds)})
+                            "seconds": dict(result.timings.seconds),
+                            **({"ground_truth_errors": box_errors} if box_errors else {})})
             if not quiet:
                 tqdm.write(summary_line(result.path, result), file=sys.stdout)
     except PluginGaveUp as exc:  # what was written stays; the summary says where it stopped
@@ -209,7 +228,7 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
 
     write_json(out_root / "analyze_summary.json", {
         "models": [m.ref.key for m in chain.models], "settings": settings.as_dict(), "images": summary,
-        "failed": len(failures), "stopped": stopped, "seconds": total.seconds,
+        "failed": len(failures), "ground_truth_errors": truth_errors, "stopped": stopped, "seconds": total.seconds,
         "model_load_seconds": chain.load_seconds,
     })
     click.echo(timing_report(total, done, chain.load_seconds))
@@ -221,8 +240,11 @@ def analyze(input_path, models, weights, target_classes, top_k, threshold, profi
     click.echo(f"{done} of {len(files)} images analyzed -> {out_root}")
     if failures:
         click.echo(f"error: {len(failures)} of {len(files)} images failed", err=True)
+    if truth_errors:
+        click.echo(f"error: {truth_errors} ground-truth box{'es' if truth_errors != 1 else ''} of {ground_truth_csv} "
+                   "outside its image (not scored)", err=True)
     if stopped:
         click.echo(f"error: {stopped}; {len(files) - len(summary)} images not analyzed", err=True)
         sys.exit(2)
-    if failures:
+    if failures or truth_errors:
         sys.exit(1)

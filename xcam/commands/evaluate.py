@@ -71,6 +71,7 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile
     from xcam.chain.settings import Overrides
     from xcam.commands._common import parse_key_values, plugin_manager, resolve_device, split_csv
     from xcam.core.errors import UsageError
+    from xcam.evaluation.preflight import check_output_dir, check_output_file, parse_model_weights
     from xcam.evaluation.report import baseline_table, with_interval
     from xcam.evaluation.run import EvalConfig
     from xcam.evaluation.run import evaluate as run_evaluation
@@ -88,10 +89,6 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile
     if not imgpath or not bbox_csv:
         raise UsageError("--imgpath and --bbox-csv are required (or --compare A/results.json B/results.json)")
     cam_layers = pick_renamed(cam_layers, cam_layer_old, "--cam-layers", "--cam-layer")
-    try:
-        ensemble_w = [float(v) for v in split_csv(model_weights)] if model_weights else None
-    except ValueError:
-        raise UsageError(f"--model-weights {model_weights!r}: expected comma-separated numbers") from None
     names = split_csv(models) or ["mobilenetv3"]
     variants = split_csv(weights)
     if variants:
@@ -100,6 +97,12 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile
         if len(variants) != len(names):
             raise UsageError(f"{len(variants)} --weights for {len(names)} --models (give one per model, comma-separated)")
         names = [n if ":" in n else f"{n}:{v}" for n, v in zip(names, variants)]
+    ensemble_w = parse_model_weights(model_weights, len(names))  # before any model loads
+    if output:  # outputs that cannot be created fail before any work
+        check_output_dir(output, "--output")
+    for option, path in (("--coco", coco_file), ("--coco-gt", coco_gt)):
+        if path:
+            check_output_file(path, option)
     overrides = Overrides(method=method, layers=cam_layers, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
                           mask=mask_name, mask_options=parse_key_values(mask_option, "--mask-option"),
                           strategy=strategy, strategy_options=parse_key_values(strategy_option, "--strategy-option"),
@@ -123,6 +126,8 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile
                    f"mIoU {with_interval(mean, 'miou')}{auc} over {mean['n_boxes']} boxes")
     for reason in s["images"]["unreadable"].values():
         click.echo(f"skipped: {reason}", err=True)
+    for problem in s["boxes"]["excluded"]:
+        click.echo(f"error: {problem}", err=True)
     if s.get("skipped"):
         click.echo(f"not evaluated (no model predicts the class): {s['skipped']}", err=True)
     for name, path in result.files.items():
@@ -143,3 +148,7 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile
         if output:
             write_json(Path(output) / "coco_ap.json", scores.as_dict())
         click.echo(scores.line())
+    if s["boxes"]["excluded"]:
+        click.echo(f"error: {len(s['boxes']['excluded'])} of {s['boxes']['in_csv']} boxes of {bbox_csv} lie outside "
+                   "their image (not scored)", err=True)
+        raise SystemExit(1)

@@ -15,6 +15,12 @@ from xcam.core import metrics as M
 CAM_T_IOBB, CAM_T_IOU = "0.25", "0.1"
 
 
+def excluded_note(summary: dict[str, Any]) -> str:
+    """``; boxes outside their image (not scored): N of M`` when the box list had such boxes."""
+    boxes = summary.get("boxes") or {}
+    n = len(boxes.get("excluded", []))
+    return f"; boxes outside their image (not scored): {n} of {boxes.get('in_csv')}" if n else ""
+
 def _f(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -93,7 +99,8 @@ def markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         f"{s.get('mask_options') or ''}; boxes `{s.get('strategy')}`; ensembler `{s.get('ensembler')}`; "
         f"masks and boxes computed at work size `{s.get('work_size')}`.",
         f"Box list: `{config['bbox_csv']}`; images found: {summary['images']['found']} of "
-        f"{summary['images']['with_boxes']}, unreadable: {len(summary['images'].get('unreadable', {}))}.", "",
+        f"{summary['images']['with_boxes']}, unreadable: {len(summary['images'].get('unreadable', {}))}"
+        f"{excluded_note(summary)}.", "",
         "## CAM beside the baselines", "",
         "Each cell: CAM / whole-lung-field box / centre box of the class's mean size.", "",
         *([bootstrap_note(summary["bootstrap"]), ""] if summary.get("bootstrap") else []),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -23,6 +23,7 @@ from xcam.core.labels import label_key
 from xcam.core.nih import GroundTruthBox, image_index, read_boxes, read_image_labels
 from xcam.evaluation import baselines as B
 from xcam.evaluation.bootstrap import RecordTable, add_intervals, record_table
+from xcam.evaluation.preflight import box_problem, fit_box
 from xcam.evaluation.protocol import BoxRecord, summarize
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,6 +180,7 @@ def evaluate(config: EvalConfig, pm: Any = None, chain: "Chain | None" = None) -
     names = sorted(paths)
     records: list[BoxRecord] = []
     unreadable: dict[str, str] = {}  # image name -> the one-line reason
+    excluded: list[str] = []  # ground-truth boxes outside their image: one line each, not scored
     with progress_bar(total=len(names), desc="localize", enabled=config.progress, unit="image") as bar:
         for result in chain.stream([paths[n] for n in names], batch_size=config.batch_size, workers=config.workers,
                                    ground_truth=ground_truth_lookup(table)):
@@ -190,13 +192,20 @@ def evaluate(config: EvalConfig, pm: Any = None, chain: "Chain | None" = None) -
             localized = result.localized()
             lung = B.lung_field_box(result.image.pixels) if result.image is not None else None
             for gt in by_image[name]:
+                fitted = fit_box(gt.box, result.width, result.height)
+                if fitted is None:
+                    excluded.append(box_problem(config.bbox_csv, name, gt.label, gt.box, result.width, result.height))
+                    continue
+                if fitted != tuple(float(v) for v in gt.box):  # overhangs by a rounding error: clipped
+                    gt = replace(gt, x=fitted[0], y=fitted[1], width=fitted[2], height=fitted[3])
                 record = record_of(gt, result, localized)
                 if lung is not None:
                     record.baselines["lung_field"] = lung
                 records.append(record)
             result.image = None  # the pixels are not needed any more
     if not records:
-        raise UsageError("no box could be evaluated (images unreadable)")
+        why = f" ({excluded[0]})" if excluded else " (images unreadable)"
+        raise UsageError(f"no box could be evaluated{why}")
     add_centre_baselines(records)
     aucs = class_aucs(chain, config) if config.csvpath else None
     order = [label for m in chain.models for label in m.valid_labels]
@@ -205,6 +214,7 @@ def evaluate(config: EvalConfig, pm: Any = None, chain: "Chain | None" = None) -
     add_intervals(summary, table, config.bootstrap, config.bootstrap_seed)
     summary["images"] = {"with_boxes": len(by_image), "found": len(paths), "missing": len(by_image) - len(paths),
                          "unreadable": unreadable}
+    summary["boxes"] = {"in_csv": len(boxes), "evaluated": len(records), "excluded": excluded}
     plans = {m.ref.key: chain.plan(m) for m in chain.models}
     summary["models"] = [{"name": m.ref.key, "weights": m.classifier.variant, "backend": m.classifier.backend,
                           "cam_method": plans[m.ref.key].label, "cam_layer": "+".join(plans[m.ref.key].layers),
