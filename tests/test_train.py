@@ -322,3 +322,111 @@ def test_channels_last_trains_to_the_same_weights(phantoms: Path, tmp_path: Path
     size = torch.cat([b[k].float().flatten() for k in keys])
     # AdamW's normalized steps amplify rounding a little; a real difference would be of the weights' size
     assert float(diff.norm() / size.norm()) < 1e-3, float(diff.norm() / size.norm())
+
+
+def _small_csv(phantoms: Path, path: Path, findings: list[str], patients: list[str]) -> Path:
+    """A label csv over the first ``len(findings)`` phantom images, with the given findings and patient ids."""
+    names = sorted(p.name for p in (phantoms / "images").glob("*.png"))[: len(findings)]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Image Index", "Finding Labels", "Patient ID"])
+        writer.writerows(zip(names, findings, patients))
+    return path
+
+
+def test_train_batches_leave_out_a_last_batch_of_one_image():
+    from xcam.train.loop import train_batches
+
+    assert train_batches(9, 2) == (4, True)
+    assert train_batches(10, 2) == (5, False)
+    assert train_batches(14, 13) == (1, True)
+    assert train_batches(15, 13) == (2, False)
+    assert train_batches(2, 16) == (1, False)
+
+
+def test_a_last_batch_of_one_image_trains_and_resumes(phantoms: Path, tmp_path: Path):
+    """9 training images in batches of 2: the 5th batch (1 image) is left out, the LR schedule
+    counts the 4 batches run (its floor is reached at the last step), and resuming gives the same weights."""
+    import torch
+
+    from xcam.train import checkpoint
+    from xcam.train.loop import train
+
+    findings = ["Cardiomegaly", "Effusion", "No Finding"] * 4
+    csvpath = _small_csv(phantoms, tmp_path / "small.csv", findings, [f"p{i}" for i in range(12)])
+    config = dict(csvpath=str(csvpath), img_size=32, batch_size=2, epochs=2, schedule="cosine")
+    assert len(patient_split([f"p{i}" for i in range(12)], 0.25, 3)[0]) == 9
+
+    def stop_after_first(epoch: int, row: dict) -> None:
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(_config(phantoms, tmp_path / "resumed", **config), on_epoch_end=stop_after_first, log=lambda m: None)
+    resumed = train(_config(phantoms, tmp_path / "resumed", **config), log=lambda m: None)
+    straight = train(_config(phantoms, tmp_path / "straight", **config), log=lambda m: None)
+    assert resumed.last_epoch == straight.last_epoch == 2
+    a = checkpoint.load(tmp_path / "resumed" / "last.pt")
+    b = checkpoint.load(tmp_path / "straight" / "last.pt")
+    assert a["scheduler_state"]["last_epoch"] == b["scheduler_state"]["last_epoch"] == 8  # 2 epochs × 4 batches
+    assert straight.history[-1]["lr"] == pytest.approx(1e-3 * 0.02)  # the cosine floor, at the last step run
+    for key, value in b["model_state"].items():
+        assert torch.equal(a["model_state"][key], value), key
+
+
+def test_a_training_split_of_one_image_is_one_line(phantoms: Path, tmp_path: Path):
+    from xcam.core.errors import UsageError
+    from xcam.train.loop import train
+
+    csvpath = _small_csv(phantoms, tmp_path / "two.csv", ["Cardiomegaly", "Effusion"], ["a", "b"])
+    with pytest.raises(UsageError, match="two.csv.*1 training") as info:
+        train(_config(phantoms, tmp_path / "run", csvpath=str(csvpath), img_size=32, epochs=1, val_fraction=0.5),
+              log=lambda m: None)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_undefined_validation_auc_reports_the_validation_loss(phantoms: Path, tmp_path: Path, capsys):
+    """Every validation image negative for every class: the best epoch is chosen by validation loss,
+    and no summary shows (minus) that loss as an AUC."""
+    import math
+
+    import torch
+
+    from xcam.cli import main
+
+    patients = [f"p{i}" for i in range(8)]
+    _, val = patient_split(patients, 0.25, 3)
+    findings = ["No Finding" if i in val else ["Cardiomegaly", "Effusion", "No Finding"][i % 3] for i in range(8)]
+    csvpath = _small_csv(phantoms, tmp_path / "nan.csv", findings, patients)
+    out = tmp_path / "run"
+    main(["train", "--imgpath", str(phantoms / "images"), "--csvpath", str(csvpath), "--arch", "mobilenet_v3_small",
+          "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--seed", "3", "--val-fraction", "0.25",
+          "--labels", "Cardiomegaly,Effusion", "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    saved = torch.load(out / "best.pt", weights_only=True)
+    loss = saved["metrics"]["val_loss"]
+    assert f"best epoch 1 by validation loss {loss:.4f} (validation AUC undefined" in captured.out
+    assert "AUC undefined" in captured.err and "AUC nan" not in captured.err
+    assert f"-{loss:.4f}" not in captured.out + captured.err
+    assert math.isnan(saved["best_val_auc"]) and saved["card"]["best_val_auc"] is None
+    rows = list(csv.DictReader(open(out / "performance.csv")))
+    assert rows[0]["val_auc"] == "nan"
+
+
+def test_unwritable_out_fails_before_reading_data(tmp_path: Path):
+    from xcam.core.errors import UsageError
+    from xcam.train.loop import TrainConfig, train
+
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile" / "sub", Path("/proc/xcam_test_out")):
+        config = TrainConfig(imgpath=str(tmp_path), csvpath=str(tmp_path / "missing.csv"), out=str(out), epochs=1,
+                             arch="mobilenet_v3_small", img_size=32, progress=False)
+        with pytest.raises(UsageError, match="--out") as info:
+            train(config, log=lambda m: None)  # the out folder is checked before the (missing) csv
+        assert str(out) in str(info.value) and "\n" not in str(info.value)
+    # a writable folder passes the check without being left behind when a later check fails
+    config = TrainConfig(imgpath=str(tmp_path), csvpath=str(tmp_path / "missing.csv"), out=str(tmp_path / "new" / "run"))
+    with pytest.raises(UsageError, match="missing.csv"):
+        train(config, log=lambda m: None)
+    assert not (tmp_path / "new").exists()

@@ -113,10 +113,7 @@ def read_metadata(path: str | Path) -> tuple[str | None, list[ModelEntry]]:
         preds = record.get("predictions") if isinstance(record, dict) else None
         if not isinstance(preds, dict):
             raise XcamError(f"{p}: model {name!r} has no 'predictions' object")
-        try:
-            probs = {str(k): float(v) for k, v in preds.items() if v is not None}
-        except (TypeError, ValueError):
-            raise XcamError(f"{p}: model {name!r} has a non-numeric prediction") from None
+        probs = read_probabilities(preds, p, str(name))
         cams = record.get("cams") or {}
         if not isinstance(cams, dict):
             raise XcamError(f"{p}: model {name!r}: 'cams' must map pathology names to .npy files")
@@ -124,6 +121,24 @@ def read_metadata(path: str | Path) -> tuple[str | None, list[ModelEntry]]:
                                   {str(k): str(v) for k, v in cams.items()}, size))
     image = data.get("image")
     return (str(image) if image is not None else None), entries
+
+
+def read_probabilities(preds: dict, source: Path, model: str) -> dict[str, float]:
+    """A model's ``predictions`` as floats (``null`` entries skipped); each must be a finite number
+    in [0, 1], else a one-line error naming the file, the model and the class."""
+    probs: dict[str, float] = {}
+    for label, value in preds.items():
+        if value is None:
+            continue
+        where = f"{source}: model {model!r}, class {str(label)!r}"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise XcamError(f"{where}: non-numeric prediction {value!r}") from None
+        if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+            raise XcamError(f"{where}: prediction {value!r} is not a finite number in [0, 1]")
+        probs[str(label)] = number
+    return probs
 
 
 def collect_models(paths: Sequence[str | Path]) -> tuple[str | None, list[ModelEntry]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,6 +14,9 @@ from xcam.commands._common import (
     plugin_manager,
     weights_dir_option,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 
 def _report_lines(result: dict) -> list[str]:
@@ -67,6 +71,30 @@ def _ints(value: str | None, what: str) -> list[int]:
     return out
 
 
+def _readable_batch(folder: str, n: int, size: int, preprocessing: str) -> tuple["np.ndarray", str]:
+    """The first ``n`` readable images under ``folder`` as a batch and its description; each
+    unreadable file is skipped with a one-line warning, and none readable is a :class:`UsageError`."""
+    import numpy as np
+
+    from xcam.core.errors import ImageLoadError, UsageError
+    from xcam.export.samples import image_files, load_batch
+
+    files = image_files(folder)
+    arrays = []
+    for file in files:
+        try:
+            arrays.append(load_batch([file], size, preprocessing))
+        except ImageLoadError as exc:
+            click.echo(f"warning: --parity-images: skipped {exc}", err=True)
+            continue
+        if len(arrays) == n:
+            break
+    if not arrays:
+        problem = f"none of its {len(files)} image files is readable" if files else "no image files found"
+        raise UsageError(f"--parity-images {folder}: {problem}")
+    return np.concatenate(arrays), f"{len(arrays)} images from {folder}"
+
+
 @click.command("export")
 @click.option("--model", default=None, help="Classifier plugin (default from plugins.toml: densenet121).")
 @click.option("--weights", default=None, help="Weight variant or checkpoint path.")
@@ -95,7 +123,7 @@ def _ints(value: str | None, what: str) -> list[int]:
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), default="auto", show_default=True)
 @click.option("--no-cams", is_flag=True, help="Leave the all-class Grad-CAM output out of the graph.")
 @click.option("--random-weights", is_flag=True, help="Random weights (tests and demos; never cached).")
-@click.option("--parity-images", type=click.Path(file_okay=False), default=None,
+@click.option("--parity-images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Images for the parity report (default: $XCAM_TEST_DATA if present, else generated).")
 @click.option("--force", is_flag=True, help="Export again even when a cached file exists.")
 @weights_dir_option
@@ -149,7 +177,8 @@ def export(model, weights, output, quantize, calibration, calibration_count, qua
                     else "reused from cache", "metadata": artifact.metadata}
     size = int(artifact.metadata.get("input_size", registration.input_size))
     prep = artifact.metadata.get("preprocessing", "xrv")
-    batch, source = sample_batch(4, size, prep, parity_images)
+    batch, source = (_readable_batch(parity_images, 4, size, prep) if parity_images
+                     else sample_batch(4, size, prep, None))
     torch_model = artifact.model or registration.build(variant, store=store, options=options)
     result["parity"] = parity_report(torch_model, path, batch, source)
     if quantize:

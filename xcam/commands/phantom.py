@@ -9,12 +9,18 @@ import click
 from xcam.datasets.phantom_styles import style_names
 
 
-def _at_least(minimum: int):
-    """A click callback that rejects values below ``minimum`` with a one-line message."""
+MAX_SIZE = 4096
+"""The largest ``--size`` (a 4096² image takes about 1 GB and 10 s to render per worker)."""
+
+
+def _at_least(minimum: int, at_most: int | None = None):
+    """A click callback that rejects values below ``minimum`` (or above ``at_most``) with a one-line message."""
 
     def check(ctx: click.Context, param: click.Parameter, value: int) -> int:
         if value < minimum:
             raise click.BadParameter(f"must be at least {minimum} (got {value})", ctx=ctx, param=param)
+        if at_most is not None and value > at_most:
+            raise click.BadParameter(f"must be at most {at_most} (got {value})", ctx=ctx, param=param)
         return value
 
     return check
@@ -25,8 +31,8 @@ def _at_least(minimum: int):
               help="Folder to write images/, Data_Entry_2017.csv and BBox_List_2017.csv into.")
 @click.option("--n", "n", type=int, default=1000, show_default=True, callback=_at_least(1),
               help="Number of images.")
-@click.option("--size", type=int, default=1024, show_default=True, callback=_at_least(64),
-              help="Image width and height in pixels.")
+@click.option("--size", type=int, default=1024, show_default=True, callback=_at_least(64, MAX_SIZE),
+              help=f"Image width and height in pixels (64 to {MAX_SIZE}).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same files).")
 @click.option("--workers", type=int, default=1, show_default=True, callback=_at_least(1),
               help="Processes to render with (the output does not depend on it).")

@@ -26,6 +26,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from xcam.core.imageio import DicomReadOptions
 
 
+def _check_not_empty(spec: str) -> None:
+    """A one-line :class:`UsageError` when ``--input`` names nothing usable or matches no image
+    (a finished run's inputs still match: resuming it is not an error)."""
+    from xcam.core.errors import UsageError
+    from xcam.score.inputs import iter_inputs
+
+    if next(iter(iter_inputs(spec)), None) is None:
+        raise UsageError(f"--input {spec!r}: no images found")
+
+
 @click.command("score")
 @click.option("--input", "input_", required=True, metavar="DIR|GLOB|LIST.csv",
               help="A folder (recursively), a glob pattern (quote it) or a list file (.csv column 'path', or .txt).")
@@ -80,12 +90,11 @@ def score(ctx: click.Context, input_: str, output: str, models: str | None, back
     options given here).
     """
     from xcam.commands._common import plugin_manager, resolve_device
-    from xcam.score.inputs import check_input
     from xcam.score.job import JobConfig, run_job
     from xcam.score.scorer import ScoreOptions, parse_models
     from xcam.score.writers import output_format
 
-    check_input(input_)
+    _check_not_empty(input_)
     output_format(output)
     if address and engine != "ray":
         raise click.UsageError("--address needs --engine ray")

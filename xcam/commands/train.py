@@ -20,7 +20,8 @@ def split_labels(text: str | None) -> list[str] | None:
 @click.option("--budget", default=None, metavar="DURATION",
               help="Wall-clock budget, e.g. 120s or 10m: the epochs that fit are planned after the first one "
                    "(the LR schedule follows) and training stops before an epoch that would exceed it.")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=16, show_default=True,
+              help="Images per training step (≥ 2: BatchNorm; a last batch of one image is left out).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--img-size", type=click.IntRange(32), default=224, show_default=True)
 @click.option("--arch", type=click.Choice(ARCH_CHOICES), default="mobilenet_v3_large", show_default=True)
@@ -58,9 +59,9 @@ def train(imgpath, csvpath, epochs, budget, batch_size, lr, img_size, arch, pret
           labels, cam_layer, head, dilated, schedule, pos_weight, augment, preprocessing, channels_last, patience, resume, quiet) -> None:
     """Train a multi-label MobileNetV3 (BCE) with a patient-wise validation split.
 
-    Writes OUT/best.pt (best validation macro AUC) and OUT/last.pt after every epoch, logs
-    OUT/performance.csv and plots OUT/performance.png. Running the same command again resumes
-    from OUT/last.pt. Use the result with `--model mobilenetv3 --weights OUT/best.pt`.
+    Writes OUT/best.pt (best validation macro AUC; lowest validation loss where no AUC is
+    defined) and OUT/last.pt after every epoch, logs OUT/performance.csv and plots
+    OUT/performance.png. Running the same command again resumes from OUT/last.pt. Use the result with `--model mobilenetv3 --weights OUT/best.pt`.
     """
     from xcam.commands._common import parse_duration
     from xcam.train.loop import TrainConfig
@@ -78,6 +79,6 @@ def train(imgpath, csvpath, epochs, budget, batch_size, lr, img_size, arch, pret
         click.echo(f"interrupted: {out}/last.pt holds the last finished epoch; run the same command to resume", err=True)
         raise
     click.echo(
-        f"best validation macro AUC {result.best_val_auc:.4f} at epoch {result.best_epoch}: {result.best_path}\n"
+        f"{result.summary()}: {result.best_path}\n"
         f"use it with: xcam classify --model mobilenetv3 --weights {result.best_path} --input IMAGE"
     )

@@ -8,16 +8,33 @@ the modality LUT's full output range as torchxrayvision's ``read_xray_dcm`` does
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xcam.core.errors import ImageLoadError
+from xcam.core.errors import ImageLoadError, UsageError
 
-MAX_PIXELS = int(os.environ.get("XCAM_MAX_PIXELS", 100_000_000))  # 10k x 10k
-MAX_FILE_BYTES = int(os.environ.get("XCAM_MAX_FILE_BYTES", 512 * 1024 * 1024))
+
+def env_limit(name: str, default: int) -> int:
+    """A positive integer limit from the environment variable ``name`` (``default`` when unset);
+    a one-line :class:`UsageError` naming the variable otherwise."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{name}={os.environ[name]!r}: expected a positive integer")
+    return value
+
+
+MAX_PIXELS = env_limit("XCAM_MAX_PIXELS", 100_000_000)  # 10k x 10k
+MAX_FILE_BYTES = env_limit("XCAM_MAX_FILE_BYTES", 512 * 1024 * 1024)
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
@@ -165,6 +182,8 @@ class DicomReadOptions:
             center, width = (float(v) for v in value.split(","))
         except ValueError:
             raise ValueError(f"{text!r}: expected none, auto or CENTER,WIDTH (e.g. 2048,4096)") from None
+        if not (math.isfinite(center) and math.isfinite(width)):
+            raise ValueError(f"{text!r}: the window center and width must be finite numbers")
         if not width > 0:
             raise ValueError(f"{text!r}: the window width must be > 0")
         return cls(voi="window", window=(center, width))

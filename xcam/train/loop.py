@@ -1,6 +1,7 @@
 """The training loop behind ``xcam train``: multi-label BCE, patient-wise validation, resumable.
 
-* Every epoch ends with ``last.pt`` (and ``best.pt`` when validation macro AUC improved) written
+* Every epoch ends with ``last.pt`` (and ``best.pt`` when validation macro AUC improved, or the
+  validation loss where no class has both outcomes in validation) written
   atomically, then a row in ``performance.csv`` and the curves in ``performance.png``. A run that
   is interrupted (Ctrl-C, kill) loses at most the epoch in progress; running the same command again
   resumes from ``last.pt``.
@@ -16,6 +17,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,14 +88,27 @@ class TrainConfig:
 class TrainResult:
     out: Path
     best_epoch: int
-    best_val_auc: float
+    best_val_auc: float  # NaN when the validation AUC is undefined (then the best epoch is by validation loss)
     last_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
     planned_epochs: int | None = None  # with a time budget: the epochs it allowed
+    best_val_loss: float = math.nan  # the validation loss of the best epoch
+    selected_by: str = "val_auc"  # "val_auc", or "val_loss" when no validation AUC is defined
 
     @property
     def best_path(self) -> Path:
         return self.out / "best.pt"
+
+    def summary(self) -> str:
+        """One line: the best epoch and the metric that chose it (never a loss shown as an AUC)."""
+        if self.selected_by == "val_loss":
+            return (f"best epoch {self.best_epoch} by validation loss {self.best_val_loss:.4f} "
+                    f"(validation AUC undefined: {AUC_UNDEFINED})")
+        return f"best validation macro AUC {self.best_val_auc:.4f} at epoch {self.best_epoch}"
+
+
+AUC_UNDEFINED = "no class has both positive and negative validation images"
+"""Why the validation macro AUC is NaN; the best epoch is then the one of lowest validation loss."""
 
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -137,6 +152,33 @@ def build_model(config: TrainConfig, labels: Sequence[str]) -> nn.Module:
     except AttributeError:
         raise UsageError(f"--cam-layer {cam_layer!r} is not a module of {config.arch}") from None
     return model
+
+
+def train_batches(n_images: int, batch_size: int) -> tuple[int, bool]:
+    """Training batches per epoch and whether the last one is dropped: a final batch of a single
+    image is left out (BatchNorm cannot train on one image; it is one image per epoch)."""
+    drop_last = n_images % batch_size == 1
+    return n_images // batch_size + (0 if drop_last or n_images % batch_size == 0 else 1), drop_last
+
+
+def check_out_writable(out: Path) -> None:
+    """Fail in one line, before any data is read, when ``out`` cannot be created or written to
+    (creates the folder, writes and removes a probe file, then removes the folders it created)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    probe = out / f".xcam-write-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"--out {out}: cannot create or write to this folder ({reason})") from None
+    finally:
+        for folder in created:  # innermost first; the run creates it again when it saves
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 class EpochPlan:
@@ -295,16 +337,20 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict[str, Any]], Non
     """Train (or resume) and return where the best checkpoint is. ``on_epoch_end(epoch, row)`` runs
     after each epoch has been saved (tests use it to simulate an interruption)."""
     started = time.perf_counter()  # a time budget counts reading, model building and decoding too
-    if config.epochs < 1 or config.batch_size < 1 or config.img_size < 32:
-        raise UsageError("--epochs and --batch-size must be ≥ 1 and --img-size ≥ 32")
+    if config.epochs < 1 or config.batch_size < 2 or config.img_size < 32:
+        raise UsageError("--epochs must be ≥ 1, --batch-size ≥ 2 (BatchNorm trains on 2 images or more) "
+                         "and --img-size ≥ 32")
     out = Path(config.out)
+    check_out_writable(out)
     table = read_label_table(config.csvpath, config.imgpath, config.labels)
     labels = table.labels
     _seed_everything(config.seed)
     model = build_model(config, labels)  # fails fast on --pretrained without network
     train_idx, val_idx = patient_split(table.patients, config.val_fraction, config.seed)
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise UsageError("the patient-wise split left one side empty: use more images or another --val-fraction")
+    if len(val_idx) == 0 or len(train_idx) < 2:
+        raise UsageError(f"{config.csvpath}: the patient-wise split left {len(train_idx)} training and {len(val_idx)} "
+                         f"validation image(s); training needs at least 2 and validation 1: use more images "
+                         f"or another --val-fraction")
     cache = cache_fits(len(table), config.img_size) if config.cache is None else config.cache
     train_set = XrayDataset(table.subset(train_idx), config.img_size, config.preprocessing, cache)
     val_set = XrayDataset(table.subset(val_idx), config.img_size, config.preprocessing, cache)
@@ -326,7 +372,7 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
     from xcam.core.progress import progress_bar
 
     labels = table.labels
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch, drop_last = train_batches(len(train_set), config.batch_size)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -334,7 +380,8 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.schedule, steps_per_epoch, plan))
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=positive_weights(train_set.table.targets, config.pos_weight))
     history: list[dict[str, Any]] = []
-    start, best_auc, best_epoch = 1, -math.inf, 0
+    # best_score: the validation macro AUC, or minus the validation loss where the AUC is undefined
+    start, best_score, best_epoch = 1, -math.inf, 0
 
     last_path = out / "last.pt"
     if config.resume and last_path.is_file():
@@ -347,12 +394,13 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
         history = list(saved.get("history", []))
         start = int(saved["epoch"]) + 1
         plan.epochs = int(saved.get("planned_epochs") or config.epochs)
-        best_auc, best_epoch = float(saved.get("best_val_auc", -math.inf)), int(saved.get("best_epoch", 0))
+        best_score = float(saved.get("best_score", saved.get("best_val_auc", -math.inf)))
+        best_epoch = int(saved.get("best_epoch", 0))
         log(f"resuming from {last_path} (epoch {start - 1} done)")
         if start > plan.epochs or _out_of_patience(config.patience, start - 1, best_epoch):
             stopped = " and stopped early" if start <= plan.epochs else ""
             log(f"already trained to epoch {start - 1} (of {plan.epochs}){stopped}; best: {out / 'best.pt'}")
-            return TrainResult(out, best_epoch, best_auc, start - 1, history, plan.epochs)
+            return _result(out, best_epoch, start - 1, history, plan.epochs)
     out.mkdir(parents=True, exist_ok=True)
     if cache and start <= config.epochs:
         train_set.preload(config.progress, "decode train")
@@ -374,7 +422,7 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
         shuffle = torch.Generator().manual_seed(epoch_seed)
         aug = torch.Generator().manual_seed(epoch_seed + 1)
         loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle, drop_last=False,
+            train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle, drop_last=drop_last,
             num_workers=config.workers, worker_init_fn=_worker_init if config.workers else None,
             persistent_workers=False,
         )
@@ -425,13 +473,14 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
                 log(f"time budget {config.budget_s:.0f} s, {row['seconds']:.1f} s per epoch: {planned} epoch"
                     f"{'s' if planned != 1 else ''} (of at most {config.epochs}); the LR schedule follows")
         score = val_auc if not math.isnan(val_auc) else -val_loss
-        improved = score > best_auc
+        improved = score > best_score
         if improved:
-            best_auc, best_epoch = score, epoch
+            best_score, best_epoch = score, epoch
+        best_auc = float(next((r for r in history if int(r["epoch"]) == best_epoch), {}).get("val_auc", math.nan))
         state = dict(model.checkpoint_object())  # model_state, labels, arch, img_size, preprocessing, cam_layer
         state.update({
             "format": FORMAT_VERSION_TAG, "epoch": epoch, "metrics": row, "history": history,
-            "best_val_auc": best_auc, "best_epoch": best_epoch,
+            "best_val_auc": best_auc, "best_score": best_score, "best_epoch": best_epoch,
             "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
             "rng": ckpt.rng_state(), "config": asdict(config), "planned_epochs": plan.epochs,
             "card": training_metadata(  # for `xcam models --card` and the ONNX export's card
@@ -445,16 +494,29 @@ def _run(config: TrainConfig, model: nn.Module, table, train_set: XrayDataset, v
             ckpt.save_atomic(state, out / "best.pt")
             ckpt.trust(out / "best.pt")
         write_performance(history, out, labels)
+        auc_text = f"{val_auc:.4f}" if not math.isnan(val_auc) else "undefined"
+        best_text = (" (best)" if not math.isnan(val_auc) else " (best: lowest val loss)") if improved else ""
         log(f"epoch {epoch}/{plan.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
-            f"val macro AUC {val_auc:.4f}{' (best)' if improved else ''}, {row['seconds']:.1f} s")
+            f"val macro AUC {auc_text}{best_text}, {row['seconds']:.1f} s")
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
+    result = _result(out, best_epoch, epoch, history, plan.epochs)
     if epoch < plan.epochs and _out_of_patience(config.patience, epoch, best_epoch):
-        log(f"stopped early after epoch {epoch} of {plan.epochs}: no better validation AUC for {config.patience} "
+        metric = "validation AUC" if result.selected_by == "val_auc" else "validation loss"
+        log(f"stopped early after epoch {epoch} of {plan.epochs}: no better {metric} for {config.patience} "
             f"epochs (best: epoch {best_epoch})")
     elif epoch < plan.epochs and config.budget_s is not None:
         log(f"stopped after epoch {epoch} of {plan.epochs}: the next one would exceed the {config.budget_s:.0f} s budget")
-    return TrainResult(out, best_epoch, best_auc, epoch, history, plan.epochs)
+    return result
+
+
+def _result(out: Path, best_epoch: int, last_epoch: int, history: list[dict[str, Any]],
+            planned_epochs: int | None = None) -> TrainResult:
+    """The run's outcome, its best numbers read from the history row of the best epoch."""
+    row = next((r for r in history if int(r.get("epoch", -1)) == best_epoch), {})
+    auc, loss = float(row.get("val_auc", math.nan)), float(row.get("val_loss", math.nan))
+    return TrainResult(out, best_epoch, auc, last_epoch, history, planned_epochs, best_val_loss=loss,
+                       selected_by="val_auc" if not math.isnan(auc) else "val_loss")
 
 
 def _out_of_patience(patience: int | None, epoch: int, best_epoch: int) -> bool:
