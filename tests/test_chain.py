@@ -122,6 +122,19 @@ def test_profiles_from_plugins_toml_extend_and_are_checked(tmp_path):
         profile_settings(XcamConfig(), "nope")
 
 
+def test_options_of_the_profiles_plugin_do_not_follow_another_plugin(pm):
+    """--mask/--strategy naming another plugin starts from no options (the profile's belong to its
+    own plugin); naming the same plugin, or giving options alone, keeps and extends them."""
+    assert resolve_settings(pm).mask_options == {"threshold": 0.5}
+    assert resolve_settings(pm, None, Overrides(mask="otsu")).mask_options == {}
+    other = resolve_settings(pm, None, Overrides(mask="percentile", mask_options={"percent": 10}))
+    assert other.mask_options == {"percent": 10}
+    assert resolve_settings(pm, None, Overrides(mask="threshold")).mask_options == {"threshold": 0.5}
+    assert resolve_settings(pm, None, Overrides(mask_options={"threshold": 0.7})).mask_options == {"threshold": 0.7}
+    boxes = resolve_settings(pm, None, Overrides(strategy="components", strategy_options={"min_area": 0.01}))
+    assert boxes.strategy_options == {"min_area": 0.01} and boxes.mask_options == {"threshold": 0.5}
+
+
 def test_old_defaults_keys_override_every_profile(tmp_path):
     path = tmp_path / "plugins.toml"
     path.write_text('[defaults]\ncam_method = "gradcam++"\nmask_extractor = "otsu"\n')

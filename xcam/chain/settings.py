@@ -291,10 +291,12 @@ def apply_overrides(settings: ChainSettings, over: Overrides) -> ChainSettings:
         value = getattr(over, attr)
         if value is not None:
             changes[attr] = value
-    for attr in ("mask_options", "strategy_options"):
+    for plugin_attr, attr in (("mask", "mask_options"), ("strategy", "strategy_options")):
+        # the profile's options belong to the profile's plugin: another plugin starts from none
+        kept = {} if getattr(over, plugin_attr) not in (None, getattr(settings, plugin_attr)) else getattr(settings, attr)
         value = getattr(over, attr)
-        if value:
-            changes[attr] = {**getattr(settings, attr), **dict(value)}
+        if value or kept is not getattr(settings, attr):
+            changes[attr] = {**kept, **dict(value or {})}
     if over.model_weights is not None:
         changes["model_weights"] = tuple(float(w) for w in over.model_weights)
     if over.work_size is not None:
