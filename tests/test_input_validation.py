@@ -100,6 +100,24 @@ def test_score_input_matching_nothing_is_an_error(xcam_cli, tmp_path, kind):
     assert "scored" not in out and not output.exists()
 
 
+@pytest.mark.parametrize("output, coco, expected", [
+    ("isdir.csv", None, "--output {t}/isdir.csv: is a folder (a file name is needed)"),
+    ("afile/out.csv", None, "--output {t}/afile/out.csv: cannot create it, {t}/afile is a file"),
+    ("afile/o.parquet", None, "--output {t}/afile/o.parquet: cannot create it, {t}/afile is a file"),
+    ("ok.csv", "afile/c.json", "--coco {t}/afile/c.json: cannot create it, {t}/afile is a file"),
+])
+def test_score_output_that_cannot_be_written_fails_before_work(xcam_cli, tmp_path, output, coco, expected):
+    (tmp_path / "isdir.csv").mkdir()
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "in").mkdir()
+    _png(tmp_path / "in" / "a.png")
+    extra = ["--boxes", "--coco", str(tmp_path / coco)] if coco else []
+    code, out, err = xcam_cli("score", "--random-weights", "--input", str(tmp_path / "in"),
+                              "--output", str(tmp_path / output), *extra)
+    assert _one_line_error(code, err) == "error: " + expected.format(t=tmp_path)
+    assert "scored" not in out and not (tmp_path / "ok.csv").exists()
+
+
 # -- 4: export --parity-images ------------------------------------------------------------------
 def test_export_parity_images_missing_folder_is_an_error(xcam_cli, tmp_path):
     code, out, err = xcam_cli("export", "--model", "mobilenetv3", "--random-weights",

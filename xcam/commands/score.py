@@ -94,8 +94,15 @@ def score(ctx: click.Context, input_: str, output: str, models: str | None, back
     from xcam.score.scorer import ScoreOptions, parse_models
     from xcam.score.writers import output_format
 
+    from xcam.evaluation.preflight import check_output_dir, check_output_file
+
     _check_not_empty(input_)
-    output_format(output)
+    if output_format(output) == "parquet":  # a folder of part files
+        check_output_dir(output, "--output")
+    else:
+        check_output_file(output, "--output")
+    if coco_file:
+        check_output_file(coco_file, "--coco")
     if address and engine != "ray":
         raise click.UsageError("--address needs --engine ray")
     if coco_file and not boxes:
