@@ -295,7 +295,9 @@ def test_unreadable_image_is_skipped_reported_and_recorded(phantom_set: Path, ra
          "--bbox-csv", str(phantom_set / "BBox_List_2017.csv"), "--weights", str(random_checkpoint),
          "--no-aug-smooth", "--quiet", "--montage", "0", "--output", str(tmp_path / "eval")],
         capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert proc.returncode == 1, proc.stderr[-1000:]  # the report is written, the status says it is incomplete
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: 1 image(s) could not be read (their boxes are not scored; listed above and in results.json)")
     skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped:")]
     assert len(skipped) == 1 and names[0] in skipped[0] and "corrupt" in skipped[0]
     assert "WARN" not in proc.stderr and "Traceback" not in proc.stderr  # no OpenCV noise

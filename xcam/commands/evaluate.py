@@ -148,7 +148,14 @@ def evaluate(imgpath, bbox_csv, csvpath, models, weights, model_weights, profile
         if output:
             write_json(Path(output) / "coco_ap.json", scores.as_dict())
         click.echo(scores.line())
+    failed = False
     if s["boxes"]["excluded"]:
         click.echo(f"error: {len(s['boxes']['excluded'])} of {s['boxes']['in_csv']} boxes of {bbox_csv} lie outside "
                    "their image (not scored)", err=True)
+        failed = True
+    if s["images"]["unreadable"]:
+        click.echo(f"error: {len(s['images']['unreadable'])} image(s) could not be read (their boxes are not scored; "
+                   "listed above and in results.json)", err=True)
+        failed = True
+    if failed:  # as score, analyze and classify: the report is written, the exit status says it is incomplete
         raise SystemExit(1)
